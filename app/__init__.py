@@ -1,0 +1,35 @@
+"""The chat relay service: ``create_app`` builds it, ``socketio`` serves it."""
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from flask_socketio import SocketIO
+
+from .config import Config
+
+socketio = SocketIO()
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    app = Flask(__name__, static_folder=None)
+    app.config.from_object(Config)
+    if overrides:
+        app.config.update(overrides)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+
+    from . import events, tokens  # noqa: F401  (registers the Socket.IO handlers)
+    from .providers import make_provider
+    from .relay import Relay
+    from .web import bp
+
+    provider = make_provider(app.config)
+    app.extensions["relay"] = Relay(socketio, provider, app.config)
+    app.register_blueprint(bp)
+    socketio.init_app(app, async_mode=app.config["ASYNC_MODE"])
+    tokens.warm_up()
+    return app

@@ -1,0 +1,215 @@
+"""The Socket.IO protocol: payload validation and error codes.
+
+The README's protocol table is the human-readable form of this module.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# Error codes sent in ``error`` events, with whether retrying can help.
+RETRYABLE = {
+    "invalid_request": False,
+    "unknown_id": False,
+    "busy": True,
+    "upstream_auth": False,
+    "upstream_not_found": False,
+    "upstream_rate_limited": True,
+    "upstream_unavailable": True,
+    "upstream_timeout": True,
+    "upstream_error": False,
+    "internal": False,
+}
+
+FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "cancelled")
+
+
+class ProtocolError(Exception):
+    """A request the server answers with an ``error`` event and a negative ack."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.retryable = RETRYABLE[code]
+
+    def payload(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "retryable": self.retryable,
+        }
+        if self.request_id is not None:
+            data = {"id": self.request_id, **data}
+        return data
+
+
+class _Strict(BaseModel):
+    # Strict: "3" is not a number and true is not 1; extra keys name a typo.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Message(_Strict):
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class Options(_Strict):
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class _ChatPayload(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    id: str = Field(min_length=1, max_length=64)
+    messages: list[Message] | None = None
+    message: str | None = None
+    model: str | None = None
+    options: Options | None = None
+
+
+class _StopPayload(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    id: str = Field(min_length=1, max_length=64)
+
+
+@dataclass
+class ChatRequest:
+    """A validated ``chat`` request."""
+
+    id: str
+    messages: list[dict[str, str]]
+    model: str
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass
+class Limits:
+    models: list[str]
+    default_model: str
+    max_messages: int
+    max_prompt_chars: int
+    max_tokens_cap: int
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else str(part)
+    return name or "payload"
+
+
+def _invalid(exc: ValidationError, request_id: str | None) -> ProtocolError:
+    first = exc.errors(include_url=False)[0]
+    loc = tuple(part for part in first["loc"] if part not in ("tagged-union",))
+    message = first["msg"]
+    if first["type"] == "literal_error" and first.get("input") == "system":
+        message = "'system' is not allowed; the server sets the system prompt"
+    return ProtocolError(
+        "invalid_request", f"{_field_name(loc)}: {message}", request_id
+    )
+
+
+def _readable_id(data: Any) -> str | None:
+    """The request id, when the payload carries a usable one."""
+    if isinstance(data, dict):
+        value = data.get("id")
+        if isinstance(value, str) and 0 < len(value) <= 64:
+            return value
+    return None
+
+
+def parse_chat(data: Any, limits: Limits) -> ChatRequest:
+    """Validate a ``chat`` payload or raise ``ProtocolError`` naming the field."""
+    request_id = _readable_id(data)
+    if not isinstance(data, dict):
+        raise ProtocolError("invalid_request", "payload: must be an object")
+    try:
+        payload = _ChatPayload.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(exc, request_id) from None
+
+    if payload.messages is not None and payload.message is not None:
+        raise ProtocolError(
+            "invalid_request", "message: send either messages or message", request_id
+        )
+    if payload.message is not None:
+        messages = [{"role": "user", "content": payload.message}]
+    elif payload.messages is not None:
+        messages = [m.model_dump() for m in payload.messages]
+    else:
+        raise ProtocolError("invalid_request", "messages: field required", request_id)
+
+    if not messages:
+        raise ProtocolError(
+            "invalid_request", "messages: must hold at least one message", request_id
+        )
+    if len(messages) > limits.max_messages:
+        raise ProtocolError(
+            "invalid_request",
+            f"messages: at most {limits.max_messages} messages are accepted",
+            request_id,
+        )
+    if messages[-1]["role"] != "user":
+        raise ProtocolError(
+            "invalid_request",
+            f"messages[{len(messages) - 1}].role: the last message must be the user's",
+            request_id,
+        )
+    for index, message in enumerate(messages):
+        if not message["content"].strip():
+            raise ProtocolError(
+                "invalid_request",
+                f"messages[{index}].content: must not be empty",
+                request_id,
+            )
+    total = sum(len(m["content"]) for m in messages)
+    if total > limits.max_prompt_chars:
+        raise ProtocolError(
+            "invalid_request",
+            f"messages: {total} characters in all; the limit is "
+            f"{limits.max_prompt_chars}",
+            request_id,
+        )
+
+    model = payload.model if payload.model is not None else limits.default_model
+    if model not in limits.models:
+        raise ProtocolError(
+            "invalid_request",
+            f"model: {model!r} is not offered; choose one of "
+            + ", ".join(repr(m) for m in limits.models),
+            request_id,
+        )
+
+    options = payload.options or Options()
+    if options.max_tokens is not None and options.max_tokens > limits.max_tokens_cap:
+        raise ProtocolError(
+            "invalid_request",
+            f"options.max_tokens: at most {limits.max_tokens_cap}",
+            request_id,
+        )
+    return ChatRequest(
+        id=payload.id,
+        messages=messages,
+        model=model,
+        temperature=options.temperature,
+        max_tokens=options.max_tokens,
+    )
+
+
+def parse_stop(data: Any) -> str:
+    """Validate a ``stop`` payload and return the request id."""
+    if not isinstance(data, dict):
+        raise ProtocolError("invalid_request", "payload: must be an object")
+    try:
+        return _StopPayload.model_validate(data).id
+    except ValidationError as exc:
+        raise _invalid(exc, _readable_id(data)) from None

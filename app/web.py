@@ -1,0 +1,46 @@
+"""HTTP routes: the health check and the built web page."""
+
+import os
+
+from flask import Blueprint, abort, current_app, jsonify, send_from_directory
+
+bp = Blueprint("web", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    relay = current_app.extensions["relay"]
+    return jsonify(status="ok", live_streams=relay.live_count())
+
+
+def _page(name: str):
+    dist = current_app.config["WEB_DIST_DIR"]
+    if not os.path.isfile(os.path.join(dist, name)):
+        abort(
+            404,
+            description="the web page is not built; run scripts/build_web.sh "
+            "(scripts/serve.sh does it for you)",
+        )
+    response = send_from_directory(dist, name)
+    # The page names hashed assets; it must itself never be served stale.
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+@bp.get("/")
+def index():
+    return _page("index.html")
+
+
+@bp.get("/demo")
+def demo():
+    return _page("demo.html")
+
+
+@bp.get("/assets/<path:filename>")
+def assets(filename: str):
+    response = send_from_directory(
+        os.path.join(current_app.config["WEB_DIST_DIR"], "assets"), filename
+    )
+    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    return response

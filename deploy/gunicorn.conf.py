@@ -1,0 +1,24 @@
+"""gunicorn settings: one worker, because Socket.IO sessions live in its memory.
+
+Scale out with more single-worker processes behind a sticky load balancer instead.
+ASYNC_MODE=eventlet (default) uses the eventlet worker; ASYNC_MODE=threading uses
+gthread with one thread per connection.
+"""
+
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
+workers = 1
+if os.environ.get("ASYNC_MODE", "eventlet") == "eventlet":
+    worker_class = "eventlet"
+    worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+else:
+    worker_class = "gthread"
+    threads = int(os.environ.get("THREADS", "200"))
+# Streams are long-lived; the worker heartbeat, not the request, is what timeout bounds.
+timeout = 60
+graceful_timeout = 30
+accesslog = None
+# Runtime management is done by signals; a shared control socket path would also
+# collide between several nodes on one host.
+control_socket_disable = True

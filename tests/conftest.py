@@ -1,0 +1,247 @@
+"""Fixtures: real server processes on loopback ports, and clients that record events."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import socketio
+
+ROOT = Path(__file__).resolve().parent.parent
+# What the relay sends upstream; it must never reach a client or a log line.
+UPSTREAM_KEY = "sk-test-7Hq2mZp9VwL4xK8sN3bR5tY1uC6dE0fA"
+ASYNC_MODES = ["eventlet", "threading"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """A server started as a child process, with its output kept in a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115  (closed in stop)
+        self.proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def wait_http(self, url: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answered, if only to refuse
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"server did not answer {url}:\n{self.log_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+class Relay:
+    """A relay server process: gunicorn with the worker class of its async mode."""
+
+    def __init__(self, tmp: Path, async_mode: str, env: dict[str, str]):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.async_mode = async_mode
+        self.process = ServerProcess(
+            [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"]
+            + ["wsgi:app"],
+            {
+                "HOST": "127.0.0.1",
+                "PORT": str(self.port),
+                "ASYNC_MODE": async_mode,
+                "PYTHONUNBUFFERED": "1",
+                **env,
+            },
+            tmp / f"relay-{async_mode}-{self.port}.log",
+        )
+        self.process.wait_http(self.url + "/healthz")
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/healthz", timeout=5) as response:
+            return json.load(response)
+
+
+class Upstream:
+    """The OpenAI-compatible test server, and what it recorded of each request."""
+
+    def __init__(self, tmp: Path, *args: str):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.base_url = self.url + "/v1"
+        self.process = ServerProcess(
+            [sys.executable, "-m", "tests.openai_server", "--port", str(port), *args],
+            {"PYTHONUNBUFFERED": "1"},
+            tmp / f"upstream-{port}.log",
+        )
+        self.process.wait_http(self.url + "/v1/models")
+
+    def requests(self) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(self.url + "/_requests", timeout=5) as response:
+            return json.load(response)
+
+    def find(self, marker: str) -> dict[str, Any]:
+        """The one recorded request whose last message contains ``marker``."""
+        found = [r for r in self.requests() if marker in r["messages"][-1]["content"]]
+        assert len(found) == 1, f"{len(found)} upstream requests contain {marker!r}"
+        return found[0]
+
+    def wait_outcome(self, marker: str, timeout: float = 5) -> dict[str, Any]:
+        """Wait for the request holding ``marker`` to end; return its record."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.find(marker)
+            if record["ended_at"] is not None or time.monotonic() > deadline:
+                return record
+            time.sleep(0.05)
+
+
+class Recorder:
+    """A python-socketio client that records every event it receives, in order."""
+
+    def __init__(self, url: str, **connect: Any):
+        self.events: list[tuple[str, Any]] = []
+        self._changed = threading.Condition()
+        self.sio = socketio.Client(reconnection=False)
+        for name in ("chunk", "done", "error"):
+            self.sio.on(name, self._recorder(name))
+        self.sio.connect(url, wait_timeout=10, **connect)
+
+    def _recorder(self, name: str):
+        def record(data: Any) -> None:
+            with self._changed:
+                self.events.append((name, data))
+                self._changed.notify_all()
+
+        return record
+
+    def call(self, event: str, data: Any = None, timeout: float = 10) -> Any:
+        return self.sio.call(event, data, timeout=timeout)
+
+    def chat(self, request_id: str, prompt: str, **fields: Any) -> Any:
+        return self.call("chat", {"id": request_id, "message": prompt, **fields})
+
+    def of(self, request_id: str) -> list[tuple[str, Any]]:
+        return [(n, d) for n, d in self.events if d.get("id") == request_id]
+
+    def wait(self, predicate, timeout: float = 15) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: predicate(self), timeout):
+                raise AssertionError(f"timed out; events so far: {self.events[-5:]}")
+
+    def wait_end(self, request_id: str, timeout: float = 15) -> tuple[str, Any]:
+        """Wait for the request's terminal event and return it."""
+        self.wait(lambda r: r.terminal(request_id) is not None, timeout)
+        return self.terminal(request_id)
+
+    def terminal(self, request_id: str) -> tuple[str, Any] | None:
+        ends = [(n, d) for n, d in self.of(request_id) if n in ("done", "error")]
+        return ends[0] if ends else None
+
+    def chunks(self, request_id: str) -> list[dict[str, Any]]:
+        return [d for n, d in self.of(request_id) if n == "chunk"]
+
+    def text(self, request_id: str) -> str:
+        return "".join(c["delta"] for c in self.chunks(request_id))
+
+    def close(self) -> None:
+        self.sio.disconnect()
+
+
+@pytest.fixture(scope="session")
+def tmp_session(tmp_path_factory) -> Path:
+    """A folder for the server processes' logs."""
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_session) -> Iterator[Upstream]:
+    """The OpenAI-compatible test server, demanding the relay's API key."""
+    server = Upstream(
+        tmp_session, "--api-key", UPSTREAM_KEY, "--ttft", "0.02", "--tps", "100"
+    )
+    yield server
+    server.process.stop()
+
+
+def relay_env(upstream: Upstream, **extra: str) -> dict[str, str]:
+    return {
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+        "OPENAI_BASE_URL": upstream.base_url,
+        "LLM_MODEL": "test-model",
+        "LLM_MODELS": "test-model,other-model",
+        "SYSTEM_PROMPT": "You are a test assistant.",
+        "UPSTREAM_READ_TIMEOUT": "1.5",
+        "UPSTREAM_MAX_RETRIES": "0",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session", params=ASYNC_MODES)
+def relay(request, tmp_session, upstream) -> Iterator[Relay]:
+    """The relay in front of the test server, under gunicorn in each async mode."""
+    server = Relay(tmp_session, request.param, relay_env(upstream))
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_session) -> Iterator[Relay]:
+    """The relay on the offline demo model, paced fast."""
+    server = Relay(
+        tmp_session,
+        "eventlet",
+        {"LLM_PROVIDER": "demo", "DEMO_TTFT": "0.05", "DEMO_TOKENS_PER_SECOND": "400"},
+    )
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture
+def connect(relay) -> Iterator:
+    """Opens recording clients to the relay and closes them after the test."""
+    clients: list[Recorder] = []
+
+    def open_client(url: str | None = None) -> Recorder:
+        client = Recorder(url or relay.url)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()

@@ -1,0 +1,223 @@
+"""The event handlers, in process, through Flask-SocketIO's test client."""
+
+import time
+
+import pytest
+
+from app import create_app, socketio
+from app.providers.demo import compose
+
+DEMO = {
+    "ASYNC_MODE": "threading",
+    "LLM_PROVIDER": "demo",
+    "DEMO_TTFT": 0.0,
+    "DEMO_TOKENS_PER_SECOND": 0.0,
+}
+
+
+@pytest.fixture
+def app():
+    """The app on an unpaced demo model."""
+    return create_app({**DEMO, "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    """A Socket.IO test client connected to the app."""
+    test_client = socketio.test_client(app)
+    yield test_client
+    if test_client.is_connected():
+        test_client.disconnect()
+
+
+class Events:
+    """What a test client has received so far, kept across reads."""
+
+    def __init__(self, client):
+        self.client = client
+        self.received: list[tuple[str, dict]] = []
+
+    def drain(self) -> None:
+        for event in self.client.get_received():
+            self.received.append((event["name"], event["args"][0]))
+
+    def until_end(self, request_id: str, timeout: float = 5) -> tuple[str, dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.drain()
+            for name, data in self.received:
+                if name in ("done", "error") and data.get("id") == request_id:
+                    return name, data
+            time.sleep(0.01)
+        raise AssertionError(f"no terminal event for {request_id}: {self.received}")
+
+    def chunks(self, request_id: str) -> list[dict]:
+        return [d for n, d in self.received if n == "chunk" and d["id"] == request_id]
+
+
+def test_config_comes_from_overrides(app):
+    assert app.config["ASYNC_MODE"] == "threading"
+    assert app.config["MAX_CONCURRENT_PER_CONNECTION"] == 3
+    assert create_app({**DEMO, "MAX_MESSAGES": 7}).config["MAX_MESSAGES"] == 7
+
+
+def test_healthz_answers_ok(app):
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ok"
+
+
+def test_chat_streams_the_answer_then_done(client):
+    events = Events(client)
+    ack = client.emit(
+        "chat", {"id": "r1", "message": "Tell me about gardens"}, callback=True
+    )
+    assert ack == {"ok": True, "id": "r1", "model": "demo"}
+    name, done = events.until_end("r1")
+    assert name == "done"
+    chunks = events.chunks("r1")
+    assert [c["seq"] for c in chunks] == list(range(len(chunks)))
+    assert all(c["delta"] for c in chunks)
+    expected = compose([{"role": "user", "content": "Tell me about gardens"}])
+    assert "".join(c["delta"] for c in chunks) == expected
+    assert done["finish_reason"] == "stop"
+    assert done["model"] == "demo"
+    assert done["usage"]["estimated"] is False
+    assert done["usage"]["total_tokens"] == (
+        done["usage"]["prompt_tokens"] + done["usage"]["completion_tokens"]
+    )
+    assert done["timing"]["ttft_ms"] <= done["timing"]["total_ms"]
+
+
+def test_max_tokens_truncates_with_finish_length(client):
+    events = Events(client)
+    client.emit("chat", {"id": "r", "message": "hi", "options": {"max_tokens": 5}})
+    name, done = events.until_end("r")
+    assert name == "done"
+    assert done["finish_reason"] == "length"
+    assert len(events.chunks("r")) == 5
+
+
+BAD_CHATS = [
+    ("not a dict", "payload"),
+    ({"message": "hi"}, "id"),
+    ({"id": 7, "message": "hi"}, "id"),
+    ({"id": "x" * 65, "message": "hi"}, "id"),
+    ({"id": "a"}, "messages"),
+    ({"id": "a", "messages": []}, "messages"),
+    ({"id": "a", "messages": "hi"}, "messages"),
+    ({"id": "a", "messages": [{"role": "user"}]}, "messages[0].content"),
+    ({"id": "a", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+    ({"id": "a", "messages": [{"role": "system", "content": "x"}]}, "system"),
+    ({"id": "a", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"id": "a", "messages": [{"role": "assistant", "content": "x"}]}, "last"),
+    ({"id": "a", "message": "   "}, "messages[0].content"),
+    ({"id": "a", "message": "x" * 40000}, "limit is 32000"),
+    ({"id": "a", "messages": [{"role": "user", "content": "x"}] * 101}, "at most 100"),
+    ({"id": "a", "message": "hi", "model": "gpt-5"}, "model"),
+    ({"id": "a", "message": "hi", "options": {"temperature": 3}}, "temperature"),
+    ({"id": "a", "message": "hi", "options": {"temperature": "hot"}}, "temperature"),
+    ({"id": "a", "message": "hi", "options": {"max_tokens": 10**6}}, "max_tokens"),
+    ({"id": "a", "message": "hi", "options": {"max_tokens": True}}, "max_tokens"),
+    ({"id": "a", "message": "hi", "options": {"top_k": 3}}, "options.top_k"),
+    ({"id": "a", "message": "hi", "options": []}, "options"),
+]
+
+
+@pytest.mark.parametrize(("payload", "named"), BAD_CHATS)
+def test_bad_chat_is_rejected_naming_the_field(client, payload, named):
+    ack = client.emit("chat", payload, callback=True)
+    assert ack["ok"] is False
+    assert ack["error"]["code"] == "invalid_request"
+    assert named in ack["error"]["message"]
+    errors = [e for e in client.get_received() if e["name"] == "error"]
+    assert len(errors) == 1
+    assert errors[0]["args"][0]["code"] == "invalid_request"
+    assert errors[0]["args"][0]["retryable"] is False
+    # The connection stays usable.
+    events = Events(client)
+    assert client.emit("chat", {"id": "ok", "message": "still there?"}, callback=True)[
+        "ok"
+    ]
+    assert events.until_end("ok")[0] == "done"
+
+
+def test_chat_without_payload_is_rejected(client):
+    ack = client.emit("chat", callback=True)
+    assert ack["error"]["code"] == "invalid_request"
+
+
+def test_duplicate_live_id_is_rejected(app):
+    slow = create_app({**DEMO, "DEMO_TTFT": 2.0})
+    client = socketio.test_client(slow)
+    assert client.emit("chat", {"id": "same", "message": "one"}, callback=True)["ok"]
+    ack = client.emit("chat", {"id": "same", "message": "two"}, callback=True)
+    assert ack["error"]["code"] == "invalid_request"
+    assert "already live" in ack["error"]["message"]
+    client.disconnect()
+
+
+def test_fourth_concurrent_chat_is_busy():
+    slow = create_app({**DEMO, "DEMO_TTFT": 2.0})
+    client = socketio.test_client(slow)
+    for n in range(3):
+        assert client.emit("chat", {"id": f"r{n}", "message": "hi"}, callback=True)[
+            "ok"
+        ]
+    ack = client.emit("chat", {"id": "r3", "message": "hi"}, callback=True)
+    assert ack["error"]["code"] == "busy"
+    busy = [e["args"][0] for e in client.get_received() if e["name"] == "error"]
+    assert busy == [
+        {
+            "id": "r3",
+            "code": "busy",
+            "message": ack["error"]["message"],
+            "retryable": True,
+        }
+    ]
+    client.disconnect()
+
+
+def test_stop_ends_with_cancelled_and_partial_usage():
+    slow = create_app({**DEMO, "DEMO_TTFT": 0.0, "DEMO_TOKENS_PER_SECOND": 50.0})
+    client = socketio.test_client(slow)
+    events = Events(client)
+    client.emit("chat", {"id": "s", "message": "Write a long story about rivers"})
+    deadline = time.monotonic() + 5
+    while len(events.chunks("s")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+        events.drain()
+    assert client.emit("stop", {"id": "s"}, callback=True) == {"ok": True, "id": "s"}
+    name, done = events.until_end("s")
+    assert name == "done"
+    assert done["finish_reason"] == "cancelled"
+    assert done["usage"]["estimated"] is True
+    assert done["usage"]["completion_tokens"] > 0
+    sent = len(events.chunks("s"))
+    time.sleep(0.2)
+    events.drain()
+    assert len(events.chunks("s")) == sent
+    client.disconnect()
+
+
+def test_stop_for_unknown_id_is_rejected(client):
+    ack = client.emit("stop", {"id": "nope"}, callback=True)
+    assert ack["error"]["code"] == "unknown_id"
+    assert "nope" in ack["error"]["message"]
+
+
+@pytest.mark.parametrize("payload", [None, "x", {"id": 3}, {}])
+def test_bad_stop_is_rejected(client, payload):
+    ack = client.emit("stop", payload, callback=True)
+    assert ack["error"]["code"] == "invalid_request"
+
+
+def test_second_client_receives_nothing(app):
+    first = socketio.test_client(app)
+    second = socketio.test_client(app)
+    events = Events(first)
+    first.emit("chat", {"id": "mine", "message": "private question"})
+    assert events.until_end("mine")[0] == "done"
+    assert second.get_received() == []
+    first.disconnect()
+    second.disconnect()

@@ -1,0 +1,19 @@
+import os
+
+if os.environ.get("ASYNC_MODE", "eventlet") == "eventlet":
+    # Patch the standard library before anything imports socket or threading.
+    import eventlet
+
+    eventlet.monkey_patch()
+
+from app import create_app, socketio  # noqa: E402
+
+app = create_app()
+
+if __name__ == "__main__":
+    socketio.run(
+        app,
+        host=os.environ.get("HOST", "127.0.0.1"),
+        port=int(os.environ.get("PORT", "5000")),
+        allow_unsafe_werkzeug=True,
+    )
