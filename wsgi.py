@@ -11,6 +11,9 @@ from app import create_app, socketio  # noqa: E402
 app = create_app()
 
 if __name__ == "__main__":
+    from app.lifecycle import drain_on_sigterm
+
+    drain_on_sigterm(app, lambda: os._exit(0))
     socketio.run(
         app,
         host=os.environ.get("HOST", "127.0.0.1"),

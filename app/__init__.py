@@ -30,6 +30,12 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     provider = make_provider(app.config)
     app.extensions["relay"] = Relay(socketio, provider, app.config)
     app.register_blueprint(bp)
-    socketio.init_app(app, async_mode=app.config["ASYNC_MODE"])
+    socketio.init_app(
+        app,
+        async_mode=app.config["ASYNC_MODE"],
+        # None means same-origin only; never "*" unless configured so.
+        cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"] or None,
+        max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"],
+    )
     tokens.warm_up()
     return app

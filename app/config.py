@@ -1,6 +1,7 @@
 """Configuration, read once from environment variables.
 
 Every key equals its environment variable; ``OPENAI_*`` keep the openai package's names.
+``.env.example`` documents each one.
 """
 
 import os
@@ -18,6 +19,14 @@ def _list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name) or default)
+
+
 class Config:
     # Server
     SECRET_KEY = os.environ.get("SECRET_KEY") or os.urandom(24).hex()
@@ -28,9 +37,9 @@ class Config:
             os.path.dirname(os.path.dirname(__file__)), "client", "web", "dist"
         ),
     )
+    SHUTDOWN_GRACE_SECONDS = _float("SHUTDOWN_GRACE_SECONDS", 20)
 
-    # Model provider: "demo", "openai", or "auto" (openai when OPENAI_API_KEY or
-    # OPENAI_BASE_URL is set, demo otherwise)
+    # Model provider
     LLM_PROVIDER = os.environ.get("LLM_PROVIDER", "auto")
     LLM_MODEL = os.environ.get("LLM_MODEL", "")
     LLM_MODELS = _list("LLM_MODELS")
@@ -39,19 +48,34 @@ class Config:
     # OpenAI-compatible upstream
     OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
     OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", "")
-    UPSTREAM_CONNECT_TIMEOUT = float(os.environ.get("UPSTREAM_CONNECT_TIMEOUT", "5"))
-    UPSTREAM_READ_TIMEOUT = float(os.environ.get("UPSTREAM_READ_TIMEOUT", "60"))
-    UPSTREAM_MAX_RETRIES = int(os.environ.get("UPSTREAM_MAX_RETRIES", "2"))
+    UPSTREAM_CONNECT_TIMEOUT = _float("UPSTREAM_CONNECT_TIMEOUT", 5)
+    UPSTREAM_READ_TIMEOUT = _float("UPSTREAM_READ_TIMEOUT", 60)
+    UPSTREAM_MAX_RETRIES = _int("UPSTREAM_MAX_RETRIES", 2)
     UPSTREAM_STREAM_USAGE = _bool("UPSTREAM_STREAM_USAGE", True)
+    UPSTREAM_FAILURES_TO_TRIP = _int("UPSTREAM_FAILURES_TO_TRIP", 5)
+    UPSTREAM_COOLDOWN_SECONDS = _float("UPSTREAM_COOLDOWN_SECONDS", 10)
 
     # Offline demo model
-    DEMO_TTFT = float(os.environ.get("DEMO_TTFT", "0.4"))
-    DEMO_TOKENS_PER_SECOND = float(os.environ.get("DEMO_TOKENS_PER_SECOND", "40"))
+    DEMO_TTFT = _float("DEMO_TTFT", 0.4)
+    DEMO_TOKENS_PER_SECOND = _float("DEMO_TOKENS_PER_SECOND", 40)
+
+    # Resume
+    RESUME_GRACE_SECONDS = _float("RESUME_GRACE_SECONDS", 30)
+
+    # Who may connect
+    AUTH_TOKENS = _list("AUTH_TOKENS")
+    AUTH_SECRET = os.environ.get("AUTH_SECRET", "")
+    CORS_ALLOWED_ORIGINS = _list("CORS_ALLOWED_ORIGINS")
+    TRUSTED_PROXIES = _list("TRUSTED_PROXIES")
 
     # Limits
-    MAX_CONCURRENT_PER_CONNECTION = int(
-        os.environ.get("MAX_CONCURRENT_PER_CONNECTION", "3")
-    )
-    MAX_MESSAGES = int(os.environ.get("MAX_MESSAGES", "100"))
-    MAX_PROMPT_CHARS = int(os.environ.get("MAX_PROMPT_CHARS", "32000"))
-    MAX_TOKENS_CAP = int(os.environ.get("MAX_TOKENS_CAP", "4096"))
+    MAX_CONCURRENT_PER_CONNECTION = _int("MAX_CONCURRENT_PER_CONNECTION", 3)
+    MAX_STREAMS_PER_IDENTITY = _int("MAX_STREAMS_PER_IDENTITY", 10)
+    CHATS_PER_MINUTE = _int("CHATS_PER_MINUTE", 60)
+    MAX_MESSAGES = _int("MAX_MESSAGES", 100)
+    MAX_PROMPT_CHARS = _int("MAX_PROMPT_CHARS", 10000)
+    MAX_TOKENS_CAP = _int("MAX_TOKENS_CAP", 4096)
+    # Engine.IO closes a connection that sends a bigger message; it stays above
+    # MAX_PROMPT_CHARS even at six bytes per character (JSON \u escapes) so that a long
+    # prompt gets an error event instead.
+    MAX_MESSAGE_BYTES = _int("MAX_MESSAGE_BYTES", 65536)

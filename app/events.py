@@ -4,10 +4,11 @@ import logging
 from typing import Any
 
 from flask import current_app, request
-from flask_socketio import emit
+from flask_socketio import ConnectionRefusedError, emit
 
 from . import socketio
-from .protocol import ProtocolError, parse_chat, parse_stop
+from .auth import Unauthorized, identify
+from .protocol import ProtocolError, parse_chat, parse_resume, parse_stop
 from .relay import Relay
 
 log = logging.getLogger(__name__)
@@ -24,18 +25,36 @@ def _reject(exc: ProtocolError) -> dict[str, Any]:
     return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
 
 
+@socketio.on("connect")
+def connect(auth: Any = None) -> None:
+    """Sent by a client opening a connection, with an optional ``{token}`` auth payload.
+
+    The client receives the connection, or a connect error with the reason."""
+    try:
+        identity = identify(auth, request.environ, current_app.config)
+    except Unauthorized as exc:
+        log.info("connection refused: %s", exc)
+        raise ConnectionRefusedError(str(exc), {"code": "unauthorized"}) from None
+    _relay().connect(request.sid, identity)
+
+
 @socketio.on("chat")
 def chat(data: Any = None, *_: Any) -> dict[str, Any]:
     """Sent by a client to start a generation.
 
-    The client that sent it receives the ack, then ``chunk`` events and one ``done``
-    or ``error``."""
+    The client that sent it receives the ack (with the resume token), then ``chunk``
+    events and one ``done`` or ``error``."""
     try:
         chat_request = parse_chat(data, _relay().limits)
-        _relay().start(request.sid, chat_request)
+        stream = _relay().start(request.sid, chat_request)
     except ProtocolError as exc:
         return _reject(exc)
-    return {"ok": True, "id": chat_request.id, "model": chat_request.model}
+    return {
+        "ok": True,
+        "id": chat_request.id,
+        "model": chat_request.model,
+        "resume_token": stream.token,
+    }
 
 
 @socketio.on("stop")
@@ -51,12 +70,26 @@ def stop(data: Any = None, *_: Any) -> dict[str, Any]:
     return {"ok": True, "id": request_id}
 
 
+@socketio.on("resume")
+def resume(data: Any = None, *_: Any) -> dict[str, Any]:
+    """Sent by a client that reconnected, to pick up a request after its last ``seq``.
+
+    The client that sent it receives the missing chunks, then the live ones and the
+    terminal event (or the terminal event at once if the request has ended)."""
+    try:
+        request_id, token, after = parse_resume(data)
+        replayed = _relay().resume(request.sid, request_id, token, after)
+    except ProtocolError as exc:
+        return _reject(exc)
+    return {"ok": True, "id": request_id, "replayed": replayed}
+
+
 @socketio.on("disconnect")
 def disconnect(*_: Any) -> None:
     """Raised by the server when a client's connection ends.
 
-    Nobody receives a reply; the client's generations are cancelled."""
-    _relay().client_gone(request.sid)
+    Nobody receives a reply; the client's generations wait for it to resume."""
+    _relay().disconnect(request.sid)
 
 
 @socketio.on_error_default

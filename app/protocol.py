@@ -13,6 +13,9 @@ RETRYABLE = {
     "invalid_request": False,
     "unknown_id": False,
     "busy": True,
+    "rate_limited": True,
+    "resume_denied": False,
+    "shutting_down": True,
     "upstream_auth": False,
     "upstream_not_found": False,
     "upstream_rate_limited": True,
@@ -75,6 +78,11 @@ class _StopPayload(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     id: str = Field(min_length=1, max_length=64)
+
+
+class _ResumePayload(_StopPayload):
+    token: str = Field(min_length=1, max_length=128)
+    after: int = Field(ge=-1)
 
 
 @dataclass
@@ -213,3 +221,14 @@ def parse_stop(data: Any) -> str:
         return _StopPayload.model_validate(data).id
     except ValidationError as exc:
         raise _invalid(exc, _readable_id(data)) from None
+
+
+def parse_resume(data: Any) -> tuple[str, str, int]:
+    """Validate a ``resume`` payload: (request id, token, last seq held)."""
+    if not isinstance(data, dict):
+        raise ProtocolError("invalid_request", "payload: must be an object")
+    try:
+        payload = _ResumePayload.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(exc, _readable_id(data)) from None
+    return payload.id, payload.token, payload.after

@@ -1,42 +1,35 @@
 """The relay: runs each accepted request's generation and streams it to its client.
 
-Every event here is emitted with ``to=<the requesting sid>``; nothing is broadcast.
-A request ends exactly once, with ``done`` or ``error``: whichever of the generation,
-a ``stop`` or a failure gets to ``_finish`` first wins, under the stream's lock, and
-no chunk is sent after that.
+Every event here is emitted with ``to=<the stream's sid>``; nothing is broadcast. A
+request ends exactly once, with ``done`` or ``error``: whichever of the generation, a
+``stop``, a failure or shutdown gets to ``_end`` first wins, under the stream's lock,
+and no chunk is sent after that. Chunks are kept, so a client that lost its connection
+can ``resume`` and get every chunk it missed, in order, before the live ones.
 """
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from flask_socketio import SocketIO
+from limits import parse as parse_limit
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
 from . import tokens
+from .breaker import CircuitBreaker
 from .protocol import ChatRequest, Limits, ProtocolError
 from .providers import Provider, Result, UpstreamError
+from .streams import MemoryStreamStore, Stream
 
 log = logging.getLogger(__name__)
 
-
-class Stream:
-    """One live request: where its answer goes and how far it has got."""
-
-    def __init__(self, sid: str, request: ChatRequest, messages: list[dict[str, str]]):
-        self.sid = sid
-        self.request = request
-        self.messages = messages
-        self.parts: list[str] = []
-        self.started = time.monotonic()
-        self.first_token_at: float | None = None
-        self.finished = False
-        self.lock = threading.Lock()
-
-    @property
-    def id(self) -> str:
-        return self.request.id
+# Failures that say the upstream is down, as opposed to refusing one request: these
+# trip the circuit breaker, and are retried while the client has seen no text.
+_OUTAGE_CODES = {"upstream_unavailable", "upstream_timeout"}
 
 
 class Relay:
@@ -46,7 +39,10 @@ class Relay:
         self.socketio = socketio
         self.provider = provider
         self.system_prompt: str = config["SYSTEM_PROMPT"]
-        self.max_concurrent: int = config["MAX_CONCURRENT_PER_CONNECTION"]
+        self.max_per_connection: int = config["MAX_CONCURRENT_PER_CONNECTION"]
+        self.max_per_identity: int = config["MAX_STREAMS_PER_IDENTITY"]
+        self.resume_grace: float = config["RESUME_GRACE_SECONDS"]
+        self.max_retries: int = config["UPSTREAM_MAX_RETRIES"]
         self.limits = Limits(
             models=list(provider.models),
             default_model=provider.default_model,
@@ -54,40 +50,74 @@ class Relay:
             max_prompt_chars=config["MAX_PROMPT_CHARS"],
             max_tokens_cap=config["MAX_TOKENS_CAP"],
         )
-        # sid -> request id -> Stream, for the requests still streaming.
-        self._live: dict[str, dict[str, Stream]] = {}
-        self._lock = threading.Lock()
+        self.rate = parse_limit(f"{config['CHATS_PER_MINUTE']}/minute")
+        self.rate_limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.breaker = CircuitBreaker(
+            config["UPSTREAM_FAILURES_TO_TRIP"], config["UPSTREAM_COOLDOWN_SECONDS"]
+        )
+        self.store = MemoryStreamStore()
+        self.identities: dict[str, str] = {}
+        self.accepting = True
+        self._reaper_started = False
+        self._reaper_lock = threading.Lock()
 
     # -- what the event handlers call ------------------------------------------------
 
-    def start(self, sid: str, request: ChatRequest) -> None:
+    def connect(self, sid: str, identity: str) -> None:
+        self.identities[sid] = identity
+
+    def start(self, sid: str, request: ChatRequest) -> Stream:
         """Accept a request for ``sid`` and start generating in the background."""
+        if not self.accepting:
+            raise ProtocolError(
+                "shutting_down", "the server is restarting; retry shortly", request.id
+            )
+        identity = self.identities.get(sid, "unknown")
+        if not self.rate_limiter.hit(self.rate, identity):
+            raise ProtocolError(
+                "rate_limited",
+                f"more than {self.rate.amount} chats a minute; wait and retry",
+                request.id,
+            )
+        wait = self.breaker.allow()
+        if wait is not None:
+            raise ProtocolError(
+                "upstream_unavailable",
+                f"the upstream is failing; retry in {wait:.0f} s",
+                request.id,
+            )
         messages = request.messages
         if self.system_prompt:
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
-        with self._lock:
-            live = self._live.setdefault(sid, {})
-            if request.id in live:
-                raise ProtocolError(
-                    "invalid_request",
-                    f"id: {request.id!r} is already live on this connection",
-                    request.id,
-                )
-            if len(live) >= self.max_concurrent:
-                raise ProtocolError(
-                    "busy",
-                    f"this connection already runs {self.max_concurrent} "
-                    "generations; wait for one to end or stop one",
-                    request.id,
-                )
-            stream = live[request.id] = Stream(sid, request, messages)
+        stream = Stream(sid, identity, request, messages)
+        try:
+            self.store.add(stream, self.max_per_connection, self.max_per_identity)
+        except LookupError:
+            raise ProtocolError(
+                "invalid_request",
+                f"id: {request.id!r} is already live on this connection",
+                request.id,
+            ) from None
+        except OverflowError as full:
+            where, cap = (
+                ("this connection", self.max_per_connection)
+                if str(full) == "connection"
+                else ("this user", self.max_per_identity)
+            )
+            raise ProtocolError(
+                "busy",
+                f"{where} already runs {cap} generations; wait for one to end "
+                "or stop one",
+                request.id,
+            ) from None
         self.socketio.start_background_task(self._run, stream)
+        return stream
 
     def stop(self, sid: str, request_id: str) -> None:
         """End a live request now with ``done`` (cancelled).
 
         Its worker closes the upstream stream when it next wakes."""
-        stream = self._live.get(sid, {}).get(request_id)
+        stream = self.store.live(sid, request_id)
         if stream is None:
             raise ProtocolError(
                 "unknown_id",
@@ -96,125 +126,245 @@ class Relay:
             )
         self._finish(stream, "cancelled")
 
-    def client_gone(self, sid: str) -> None:
-        """The disconnect policy: a vanished client's generations end at once.
+    def resume(self, sid: str, request_id: str, token: str, after: int) -> int:
+        """Send ``sid`` every chunk after ``after``, then the live ones (or the end).
 
-        Marking them finished makes each worker close its upstream stream at the next
-        token, so nobody pays for an answer nobody will read.
-        """
-        with self._lock:
-            streams = self._live.pop(sid, {})
-        for stream in streams.values():
+        Returns how many chunks were replayed."""
+        stream = self.store.by_token(token)
+        denied = ProtocolError(
+            "resume_denied",
+            f"id: no resumable request {request_id!r} with this token",
+            request_id,
+        )
+        if stream is None or stream.id != request_id or stream.abandoned:
+            raise denied
+        identity = self.identities.get(sid, "unknown")
+        if not identity.startswith("addr:") and identity != stream.identity:
+            raise denied
+        with stream.lock:
+            if after > len(stream.parts) - 1:
+                raise ProtocolError(
+                    "invalid_request",
+                    f"after: {after} is beyond the last chunk sent "
+                    f"({len(stream.parts) - 1})",
+                    request_id,
+                )
+            try:
+                self.store.attach(stream, sid)
+            except LookupError:
+                raise ProtocolError(
+                    "invalid_request",
+                    f"id: {request_id!r} is already live on this connection",
+                    request_id,
+                ) from None
+            missing = stream.chunks_after(after)
+            for chunk in missing:
+                self.socketio.emit("chunk", chunk, to=sid)
+            if stream.terminal is not None:
+                self.socketio.emit(*stream.terminal, to=sid)
+                stream.expires_at = time.monotonic() + self.resume_grace
+        log.info("request %s resumed after seq %d", request_id, after)
+        return len(missing)
+
+    def disconnect(self, sid: str) -> None:
+        """The disconnect policy: a vanished client's generations go on for the resume
+        grace window, kept for it to resume; then they are abandoned, which closes the
+        upstream stream so that nobody pays for an answer nobody will read."""
+        self.identities.pop(sid, None)
+        streams = self.store.detach_all(sid)
+        deadline = time.monotonic() + self.resume_grace
+        for stream in streams:
             with stream.lock:
-                stream.finished = True
+                if self.resume_grace <= 0:
+                    stream.abandoned = True
+                    self.store.drop(stream)
+                elif not stream.ended:
+                    stream.expires_at = deadline
         if streams:
-            log.info("client %s gone: cancelled %d generation(s)", sid, len(streams))
+            self._ensure_reaper()
+            log.info("client %s gone with %d live generation(s)", sid, len(streams))
+
+    def shutdown(self, grace: float) -> None:
+        """Refuse new chats, let running ones finish for ``grace`` seconds, then end
+        the rest with a retryable error."""
+        self.accepting = False
+        deadline = time.monotonic() + grace
+        while self.store.live_streams() and time.monotonic() < deadline:
+            self.socketio.sleep(0.1)
+        for stream in self.store.live_streams():
+            self._fail(
+                stream, "shutting_down", "the server is restarting; retry shortly"
+            )
+
+    def connected(self) -> list[str]:
+        return list(self.identities)
 
     def live_count(self) -> int:
-        with self._lock:
-            return sum(len(streams) for streams in self._live.values())
+        return len(self.store.live_streams())
 
     # -- the generation ----------------------------------------------------------------
 
     def _run(self, stream: Stream) -> None:
+        attempt = 0
+        while True:
+            try:
+                self._generate(stream)
+                return
+            except UpstreamError as exc:
+                if exc.code in _OUTAGE_CODES:
+                    self.breaker.failure()
+                # Retry only while the client has seen nothing: never repeat text.
+                if (
+                    exc.code in _OUTAGE_CODES
+                    and not stream.parts
+                    and attempt < self.max_retries
+                ):
+                    attempt += 1
+                    self.socketio.sleep(_backoff(attempt))
+                    if not stream.ended:
+                        continue
+                self._fail(stream, exc.code, exc.message)
+                return
+            except Exception:
+                log.exception("generation %s failed", stream.id)
+                self._fail(stream, "internal", "the server failed while answering")
+                return
+
+    def _generate(self, stream: Stream) -> None:
         generation = self.provider.stream(stream.request, stream.messages)
         try:
-            while not stream.finished:
+            while not stream.ended:
                 try:
                     delta = next(generation)
                 except StopIteration as end:
                     result: Result = end.value
+                    self.breaker.success()
                     self._finish(stream, result.finish_reason, result)
-                    break
+                    return
                 if delta:
                     self._send_chunk(stream, delta)
-        except UpstreamError as exc:
-            self._fail(stream, exc.code, exc.message)
-        except Exception:
-            log.exception("generation %s failed", stream.id)
-            self._fail(stream, "internal", "the server failed while answering")
         finally:
             # Closing the generator closes the upstream HTTP stream.
             generation.close()
-            self._forget(stream)
 
     def _send_chunk(self, stream: Stream, delta: str) -> None:
         with stream.lock:
-            if stream.finished:
+            if stream.ended:
                 return
-            if stream.first_token_at is None:
-                stream.first_token_at = time.monotonic()
-            seq = len(stream.parts)
-            stream.parts.append(delta)
-            self.socketio.emit(
-                "chunk", {"id": stream.id, "seq": seq, "delta": delta}, to=stream.sid
-            )
+            seq = stream.append(delta)
+            if stream.sid is not None:
+                self.socketio.emit(
+                    "chunk",
+                    {"id": stream.id, "seq": seq, "delta": delta},
+                    to=stream.sid,
+                )
 
     def _finish(
         self, stream: Stream, finish_reason: str, result: Result | None = None
     ) -> None:
-        with stream.lock:
-            if stream.finished:
-                return
-            stream.finished = True
-            now = time.monotonic()
-            payload = {
-                "id": stream.id,
-                "finish_reason": finish_reason,
-                "usage": self._usage(stream, result),
-                "timing": {
-                    "ttft_ms": _ms(stream.first_token_at, stream.started),
-                    "total_ms": _ms(now, stream.started),
-                },
-                "model": result.model if result else stream.request.model,
-            }
-            self.socketio.emit("done", payload, to=stream.sid)
-        self._forget(stream)
-        log.info(
-            "request %s finished: %s, %d tokens",
-            stream.id,
-            finish_reason,
-            payload["usage"]["completion_tokens"],
-        )
+        payload = {
+            "id": stream.id,
+            "finish_reason": finish_reason,
+            "usage": None,
+            "timing": None,
+            "model": result.model if result else stream.request.model,
+        }
+        if self._end(stream, "done", payload, result):
+            log.info(
+                "request %s finished: %s, %d tokens",
+                stream.id,
+                finish_reason,
+                payload["usage"]["completion_tokens"],
+            )
 
     def _fail(self, stream: Stream, code: str, message: str) -> None:
+        payload = ProtocolError(code, message, stream.id).payload()
+        if self._end(stream, "error", payload):
+            log.warning("request %s failed: %s: %s", stream.id, code, message)
+
+    def _end(
+        self,
+        stream: Stream,
+        event: str,
+        payload: dict[str, Any],
+        result: Result | None = None,
+    ) -> bool:
+        """Send the terminal event unless the stream has ended already."""
         with stream.lock:
-            if stream.finished:
+            if stream.ended:
+                return False
+            if event == "done":
+                now = time.monotonic()
+                payload["usage"] = _usage(stream, result)
+                payload["timing"] = {
+                    "ttft_ms": _ms(stream.first_token_at, stream.started),
+                    "total_ms": _ms(now, stream.started),
+                }
+            stream.terminal = (event, payload)
+            # Kept for the grace window, for a client that misses the end to resume.
+            stream.expires_at = time.monotonic() + self.resume_grace
+            if stream.sid is not None:
+                self.socketio.emit(event, payload, to=stream.sid)
+        self.store.ended(stream)
+        self._ensure_reaper()
+        return True
+
+    # -- expiry ------------------------------------------------------------------------
+
+    def _ensure_reaper(self) -> None:
+        with self._reaper_lock:
+            if self._reaper_started:
                 return
-            stream.finished = True
-            error = ProtocolError(code, message, stream.id)
-            self.socketio.emit("error", error.payload(), to=stream.sid)
-        self._forget(stream)
-        log.warning("request %s failed: %s: %s", stream.id, code, message)
+            self._reaper_started = True
+        self.socketio.start_background_task(self._reap_forever)
 
-    def _forget(self, stream: Stream) -> None:
-        with self._lock:
-            live = self._live.get(stream.sid)
-            if live is not None and live.get(stream.id) is stream:
-                del live[stream.id]
-                if not live:
-                    del self._live[stream.sid]
+    def _reap_forever(self) -> None:
+        interval = min(1.0, max(self.resume_grace / 4, 0.05))
+        while True:
+            self.socketio.sleep(interval)
+            try:
+                self.reap(time.monotonic())
+            except Exception:
+                log.exception("reaping expired streams failed")
 
-    @staticmethod
-    def _usage(stream: Stream, result: Result | None) -> dict[str, Any]:
-        if result is not None and result.usage is not None:
-            usage = result.usage
-            return {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens,
-                "estimated": False,
-            }
-        # No usage from upstream (some servers never send it; a cancelled stream
-        # cannot): count what was sent and received.
-        prompt = tokens.count_messages(stream.messages)
-        completion = tokens.count_text("".join(stream.parts))
+    def reap(self, now: float) -> None:
+        """Abandon generations whose client did not come back; forget ended ones."""
+        for stream in self.store.expired(now):
+            with stream.lock:
+                if stream.expires_at is None or stream.expires_at > now:
+                    continue  # resumed meanwhile
+                if not stream.ended:
+                    stream.abandoned = True
+                    log.info(
+                        "request %s abandoned: its client did not resume", stream.id
+                    )
+                self.store.drop(stream)
+
+
+def _usage(stream: Stream, result: Result | None) -> dict[str, Any]:
+    if result is not None and result.usage is not None:
+        usage = result.usage
         return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "estimated": True,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "estimated": False,
         }
+    # No usage from upstream (some servers never send it; a cancelled stream cannot):
+    # count what was sent and received.
+    prompt = tokens.count_messages(stream.messages)
+    completion = tokens.count_text(stream.text())
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "estimated": True,
+    }
+
+
+def _backoff(attempt: int) -> float:
+    # 0.25 s, 0.5 s, 1 s, … with jitter, so that retries from many clients spread out.
+    return min(0.25 * 2 ** (attempt - 1), 4.0) * random.uniform(0.5, 1.0)
 
 
 def _ms(end: float | None, start: float) -> float | None:

@@ -6,6 +6,7 @@ gthread with one thread per connection.
 """
 
 import os
+import signal
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
 workers = 1
@@ -17,8 +18,16 @@ else:
     threads = int(os.environ.get("THREADS", "200"))
 # Streams are long-lived; the worker heartbeat, not the request, is what timeout bounds.
 timeout = 60
-graceful_timeout = 30
+# The app drains its streams for SHUTDOWN_GRACE_SECONDS; gunicorn waits a little longer.
+graceful_timeout = int(float(os.environ.get("SHUTDOWN_GRACE_SECONDS", "20"))) + 10
 accesslog = None
 # Runtime management is done by signals; a shared control socket path would also
 # collide between several nodes on one host.
 control_socket_disable = True
+
+
+def post_worker_init(worker):
+    """Route the worker's SIGTERM through the app's drain, then gunicorn's own exit."""
+    from app.lifecycle import drain_on_sigterm
+
+    drain_on_sigterm(worker.wsgi, lambda: worker.handle_exit(signal.SIGTERM, None))

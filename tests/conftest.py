@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # What the relay sends upstream; it must never reach a client or a log line.
 UPSTREAM_KEY = "sk-test-7Hq2mZp9VwL4xK8sN3bR5tY1uC6dE0fA"
 ASYNC_MODES = ["eventlet", "threading"]
+# Every test client connects from 127.0.0.1, which is one identity to the per-user
+# limits; tests of those limits set their own.
+UNLIMITED = {"MAX_STREAMS_PER_IDENTITY": "100000", "CHATS_PER_MINUTE": "1000000"}
 
 
 def free_port() -> int:
@@ -179,6 +182,11 @@ class Recorder:
     def text(self, request_id: str) -> str:
         return "".join(c["delta"] for c in self.chunks(request_id))
 
+    def cut(self) -> None:
+        """Drop the transport under the client, as a network failure would."""
+        self.sio.eio.ws.sock.shutdown(socket.SHUT_RDWR)
+        time.sleep(0.2)
+
     def close(self) -> None:
         self.sio.disconnect()
 
@@ -208,6 +216,8 @@ def relay_env(upstream: Upstream, **extra: str) -> dict[str, str]:
         "SYSTEM_PROMPT": "You are a test assistant.",
         "UPSTREAM_READ_TIMEOUT": "1.5",
         "UPSTREAM_MAX_RETRIES": "0",
+        "RESUME_GRACE_SECONDS": "2",
+        **UNLIMITED,
         **extra,
     }
 
@@ -226,7 +236,12 @@ def demo_server(tmp_session) -> Iterator[Relay]:
     server = Relay(
         tmp_session,
         "eventlet",
-        {"LLM_PROVIDER": "demo", "DEMO_TTFT": "0.05", "DEMO_TOKENS_PER_SECOND": "400"},
+        {
+            "LLM_PROVIDER": "demo",
+            "DEMO_TTFT": "0.05",
+            "DEMO_TOKENS_PER_SECOND": "400",
+            **UNLIMITED,
+        },
     )
     yield server
     server.process.stop()
@@ -237,8 +252,8 @@ def connect(relay) -> Iterator:
     """Opens recording clients to the relay and closes them after the test."""
     clients: list[Recorder] = []
 
-    def open_client(url: str | None = None) -> Recorder:
-        client = Recorder(url or relay.url)
+    def open_client(url: str | None = None, **options: Any) -> Recorder:
+        client = Recorder(url or relay.url, **options)
         clients.append(client)
         return client
 

@@ -33,6 +33,5 @@ def make_provider(config: Mapping[str, Any]) -> Provider:
         default_model=default_model,
         connect_timeout=config["UPSTREAM_CONNECT_TIMEOUT"],
         read_timeout=config["UPSTREAM_READ_TIMEOUT"],
-        max_retries=config["UPSTREAM_MAX_RETRIES"],
         stream_usage=config["UPSTREAM_STREAM_USAGE"],
     )

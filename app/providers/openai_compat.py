@@ -32,7 +32,6 @@ class OpenAIProvider:
         default_model: str,
         connect_timeout: float,
         read_timeout: float,
-        max_retries: int,
         stream_usage: bool,
     ):
         self._api_key = api_key
@@ -40,7 +39,6 @@ class OpenAIProvider:
         self.models = models
         self.default_model = default_model
         self._timeout = openai.Timeout(read_timeout, connect=connect_timeout)
-        self._max_retries = max_retries
         self._stream_usage = stream_usage
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
@@ -55,7 +53,8 @@ class OpenAIProvider:
                     api_key=self._api_key or "unused",
                     base_url=self._base_url,
                     timeout=self._timeout,
-                    max_retries=self._max_retries,
+                    # The relay retries, and only while no text was sent.
+                    max_retries=0,
                 )
             return self._client
 

@@ -1,0 +1,158 @@
+"""Per-request stream state, and the store that finds it.
+
+A ``Stream`` keeps every chunk it sent, so that a client whose connection dropped can
+resume from the last ``seq`` it holds. ``MemoryStreamStore`` is the single-process
+store; a shared store (Redis) for several nodes implements the same methods.
+"""
+
+import secrets
+import threading
+import time
+from typing import Any
+
+from .protocol import ChatRequest
+
+Event = tuple[str, dict[str, Any]]
+
+
+class Stream:
+    """One request's answer so far, where it goes, and how it ended."""
+
+    def __init__(
+        self,
+        sid: str,
+        identity: str,
+        request: ChatRequest,
+        messages: list[dict[str, str]],
+    ):
+        # The connection events go to; None while the client is away.
+        self.sid: str | None = sid
+        self.identity = identity
+        self.request = request
+        self.messages = messages
+        self.token = secrets.token_urlsafe(24)
+        self.parts: list[str] = []
+        self.terminal: Event | None = None
+        # Set when nobody will read the answer: the generation stops, nothing is sent.
+        self.abandoned = False
+        self.started = time.monotonic()
+        self.first_token_at: float | None = None
+        # While away: when to give up on the client; once ended: when to forget.
+        self.expires_at: float | None = None
+        # Held while deciding and sending each event, so that events leave in order
+        # and nothing follows the terminal one.
+        self.lock = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    @property
+    def ended(self) -> bool:
+        return self.terminal is not None or self.abandoned
+
+    def append(self, delta: str) -> int:
+        """Keep a chunk; return its ``seq``."""
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        self.parts.append(delta)
+        return len(self.parts) - 1
+
+    def chunks_after(self, after: int) -> list[dict[str, Any]]:
+        return [
+            {"id": self.id, "seq": seq, "delta": self.parts[seq]}
+            for seq in range(after + 1, len(self.parts))
+        ]
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class MemoryStreamStore:
+    """Streams by resume token, and the live ones by connection and request id."""
+
+    def __init__(self) -> None:
+        self._by_token: dict[str, Stream] = {}
+        self._live: dict[str, dict[str, Stream]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, stream: Stream, limit_per_sid: int, limit_per_identity: int) -> None:
+        """Register a new live stream, or raise ``LookupError``/``OverflowError``."""
+        assert stream.sid is not None
+        with self._lock:
+            live = self._live.setdefault(stream.sid, {})
+            if stream.id in live:
+                raise LookupError(stream.id)
+            if len(live) >= limit_per_sid:
+                raise OverflowError("connection")
+            if self._count_identity(stream.identity) >= limit_per_identity:
+                raise OverflowError("identity")
+            live[stream.id] = stream
+            self._by_token[stream.token] = stream
+
+    def _count_identity(self, identity: str) -> int:
+        # Streams whose client is away still count: they still run upstream.
+        return sum(
+            1
+            for stream in self._by_token.values()
+            if stream.identity == identity and not stream.ended
+        )
+
+    def live(self, sid: str, request_id: str) -> Stream | None:
+        return self._live.get(sid, {}).get(request_id)
+
+    def by_token(self, token: str) -> Stream | None:
+        return self._by_token.get(token)
+
+    def attach(self, stream: Stream, sid: str) -> None:
+        """Send a stream's events to ``sid`` from now on (a resume)."""
+        with self._lock:
+            if stream.sid is not None:
+                self._unindex(stream)
+            stream.sid = sid
+            stream.expires_at = None
+            if not stream.ended:
+                live = self._live.setdefault(sid, {})
+                if live.get(stream.id, stream) is not stream:
+                    raise LookupError(stream.id)
+                live[stream.id] = stream
+
+    def detach_all(self, sid: str) -> list[Stream]:
+        """Forget a connection; return the streams that were sending to it."""
+        with self._lock:
+            streams = list(self._live.pop(sid, {}).values())
+            for stream in streams:
+                stream.sid = None
+        return streams
+
+    def ended(self, stream: Stream) -> None:
+        """A stream ended: it no longer counts as live, but stays resumable."""
+        with self._lock:
+            self._unindex(stream)
+
+    def _unindex(self, stream: Stream) -> None:
+        live = self._live.get(stream.sid or "")
+        if live is not None and live.get(stream.id) is stream:
+            del live[stream.id]
+            if not live:
+                del self._live[stream.sid or ""]
+
+    def expired(self, now: float) -> list[Stream]:
+        with self._lock:
+            return [
+                s
+                for s in self._by_token.values()
+                if s.expires_at is not None and s.expires_at <= now
+            ]
+
+    def drop(self, stream: Stream) -> None:
+        with self._lock:
+            self._unindex(stream)
+            self._by_token.pop(stream.token, None)
+
+    def live_streams(self) -> list[Stream]:
+        with self._lock:
+            return [s for live in self._live.values() for s in live.values()]
+
+    def __len__(self) -> int:
+        return len(self._by_token)
