@@ -10,7 +10,13 @@ bp = Blueprint("web", __name__)
 @bp.get("/healthz")
 def healthz():
     relay = current_app.extensions["relay"]
-    return jsonify(status="ok", live_streams=relay.live_count())
+    return jsonify(
+        status="ok",
+        live_streams=relay.live_count(),
+        # Live plus ended ones still kept for resume.
+        streams=len(relay.store),
+        connections=len(relay.identities),
+    )
 
 
 def _page(name: str):

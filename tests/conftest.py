@@ -25,6 +25,14 @@ ASYNC_MODES = ["eventlet", "threading"]
 UNLIMITED = {"MAX_STREAMS_PER_IDENTITY": "100000", "CHATS_PER_MINUTE": "1000000"}
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--soak-long",
+        action="store_true",
+        help="run the soak test at full size (200 clients for 60 s)",
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
