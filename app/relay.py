@@ -21,6 +21,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from . import tokens
 from .breaker import CircuitBreaker
+from .metrics import Metrics
 from .protocol import ChatRequest, Limits, ProtocolError
 from .providers import Provider, Result, UpstreamError
 from .streams import MemoryStreamStore, Stream
@@ -57,6 +58,9 @@ class Relay:
         )
         self.store = MemoryStreamStore()
         self.identities: dict[str, str] = {}
+        self.metrics = Metrics()
+        self.metrics.connections.set_function(lambda: len(self.identities))
+        self.metrics.active_streams.set_function(self.live_count)
         self.accepting = True
         self._reaper_started = False
         self._reaper_lock = threading.Lock()
@@ -110,6 +114,7 @@ class Relay:
                 "or stop one",
                 request.id,
             ) from None
+        self.metrics.requests.inc()
         self.socketio.start_background_task(self._run, stream)
         return stream
 
@@ -163,6 +168,7 @@ class Relay:
             if stream.terminal is not None:
                 self.socketio.emit(*stream.terminal, to=sid)
                 stream.expires_at = time.monotonic() + self.resume_grace
+        self.metrics.resumes.inc()
         log.info("request %s resumed after seq %d", request_id, after)
         return len(missing)
 
@@ -251,7 +257,10 @@ class Relay:
         with stream.lock:
             if stream.ended:
                 return
+            if stream.first_token_at is None:
+                self.metrics.ttft.observe(time.monotonic() - stream.started)
             seq = stream.append(delta)
+            self.metrics.chunks.inc()
             if stream.sid is not None:
                 self.socketio.emit(
                     "chunk",
@@ -301,6 +310,10 @@ class Relay:
                     "total_ms": _ms(now, stream.started),
                 }
             stream.terminal = (event, payload)
+            if event == "done":
+                self.metrics.finished.labels(payload["finish_reason"]).inc()
+            else:
+                self.metrics.errors.labels(payload["code"]).inc()
             # Kept for the grace window, for a client that misses the end to resume.
             stream.expires_at = time.monotonic() + self.resume_grace
             if stream.sid is not None:
@@ -335,6 +348,7 @@ class Relay:
                     continue  # resumed meanwhile
                 if not stream.ended:
                     stream.abandoned = True
+                    self.metrics.abandoned.inc()
                     log.info(
                         "request %s abandoned: its client did not resume", stream.id
                     )

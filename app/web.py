@@ -2,7 +2,8 @@
 
 import os
 
-from flask import Blueprint, abort, current_app, jsonify, send_from_directory
+from flask import Blueprint, Response, abort, current_app, jsonify, send_from_directory
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 bp = Blueprint("web", __name__)
 
@@ -17,6 +18,12 @@ def healthz():
         streams=len(relay.store),
         connections=len(relay.identities),
     )
+
+
+@bp.get("/metrics")
+def metrics():
+    registry = current_app.extensions["relay"].metrics.registry
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 def _page(name: str):

@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh requirements.txt
+if [ -f .env ]; then
+    set -a
+    . ./.env
+    set +a
+fi
 if [ -x scripts/build_web.sh ]; then
     scripts/build_web.sh
 fi

@@ -1,0 +1,53 @@
+"""Prometheus metrics, served at ``GET /metrics``."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The relay's counters, in a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.connections = Gauge(
+            "chat_connections", "Open Socket.IO connections", registry=self.registry
+        )
+        self.active_streams = Gauge(
+            "chat_active_streams", "Generations running now", registry=self.registry
+        )
+        self.ttft = Histogram(
+            "chat_ttft_seconds",
+            "Time from an accepted chat to its first chunk",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "chat_requests", "Chats accepted", registry=self.registry
+        )
+        self.chunks = Counter(
+            "chat_chunks_sent", "Chunk events sent to clients", registry=self.registry
+        )
+        self.coalesced = Counter(
+            "chat_coalesced_frames",
+            "Chunk events that carried more than one upstream delta",
+            registry=self.registry,
+        )
+        self.finished = Counter(
+            "chat_finished",
+            "Requests ended with done, by finish reason",
+            ["finish_reason"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "chat_errors",
+            "Requests ended with an error event, by code",
+            ["code"],
+            registry=self.registry,
+        )
+        self.abandoned = Counter(
+            "chat_abandoned",
+            "Generations cancelled because their client did not come back",
+            registry=self.registry,
+        )
+        self.resumes = Counter(
+            "chat_resumes", "Successful resumes", registry=self.registry
+        )
