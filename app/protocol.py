@@ -173,7 +173,8 @@ def parse_chat(data: Any, limits: Limits) -> ChatRequest:
             request_id,
         )
     for index, message in enumerate(messages):
-        if not message["content"].strip():
+        # An assistant turn may be empty: an answer stopped before its first token.
+        if message["role"] == "user" and not message["content"].strip():
             raise ProtocolError(
                 "invalid_request",
                 f"messages[{index}].content: must not be empty",

@@ -114,6 +114,17 @@ BAD_CHATS = [
     ({"id": "a", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"id": "a", "messages": [{"role": "assistant", "content": "x"}]}, "last"),
     ({"id": "a", "message": "   "}, "messages[0].content"),
+    (
+        {
+            "id": "a",
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": ""},
+                {"role": "user", "content": ""},
+            ],
+        },
+        "messages[2].content",
+    ),
     ({"id": "a", "message": "x" * 10001}, "limit is 10000"),
     ({"id": "a", "messages": [{"role": "user", "content": "x"}] * 101}, "at most 100"),
     ({"id": "a", "message": "hi", "model": "gpt-5"}, "model"),
@@ -239,3 +250,14 @@ def test_metrics_count_requests_chunks_and_outcomes(app, client):
     assert "chat_connections 1.0" in text
     assert "chat_active_streams 0.0" in text
     assert "chat_ttft_seconds_count 1.0" in text
+
+
+def test_empty_assistant_turn_is_accepted(client):
+    """An answer stopped before its first token leaves an empty assistant turn."""
+    turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "again"},
+    ]
+    ack = client.emit("chat", {"id": "e", "messages": turns}, callback=True)
+    assert ack["ok"] is True

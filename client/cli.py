@@ -1,0 +1,245 @@
+"""Command line: ``python -m client [options] [prompt]``.
+
+Exit status: 0 answered, 1 the request failed, 2 usage error, 3 the server
+cannot be reached or refused the connection or the connection dropped, 130
+interrupted by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit
+
+from client.chat import DEFAULT_URL, ChatClient, ChatConnectionError, ChatError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m client",
+        description=(
+            "Stream an answer from the chatstream relay. Without a prompt: a "
+            "conversation at a '> ' prompt (/reset forgets it, /quit or EOF ends "
+            "it), or, when stdin is not a terminal, the whole of stdin as the "
+            "prompt. Ctrl-C stops the answer; a second Ctrl-C exits."
+        ),
+    )
+    parser.add_argument("prompt", nargs="*", help="the prompt; words are joined")
+    parser.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="keep the conversation going at a '> ' prompt",
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("CHAT_URL") or DEFAULT_URL,
+        help="the server (default: $CHAT_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("CHAT_TOKEN") or None,
+        help="auth token, for servers that require one (default: $CHAT_TOKEN)",
+    )
+    parser.add_argument("--model", help="the model to ask (default: the server's)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature")
+    parser.add_argument("--max-tokens", type=int, help="cap on the answer's tokens")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print every event as a JSON line instead of the text",
+    )
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="print model, finish reason, ttft, tokens/s and usage to stderr",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait to connect and for the first answer (default: 10)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    url = urlsplit(args.url)
+    if url.scheme not in ("http", "https", "ws", "wss") or not url.netloc:
+        parser.error(f"--url: not an http(s):// or ws(s):// URL: {args.url!r}")
+    prompt = " ".join(args.prompt).strip()
+    if args.prompt and not prompt:
+        parser.error("the prompt is empty")
+    interactive = args.interactive or (not prompt and sys.stdin.isatty())
+    if not prompt and not interactive:
+        try:
+            prompt = sys.stdin.read().strip()
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        if not prompt:
+            parser.error("no prompt given and stdin is empty")
+
+    options: dict[str, Any] = {}
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+    if args.max_tokens is not None:
+        # Not checked here: the server's invalid_request names the field.
+        options["max_tokens"] = args.max_tokens
+    chat = ChatClient(
+        args.url,
+        model=args.model,
+        options=options,
+        token=args.token,
+        timeout=args.timeout,
+        on_event=_print_event if args.json else None,
+    )
+    session = _Session(chat, json_mode=args.json, stats=args.stats)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, session.on_sigint)
+    try:
+        chat.connect()
+        status = EXIT_OK
+        if prompt:
+            status = session.exchange(prompt)
+        if interactive:
+            status = session.converse()
+        return status
+    except ChatConnectionError as exc:
+        _error(exc)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # leave the shell prompt on a fresh line
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`); stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    finally:
+        chat.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _Session:
+    """Runs exchanges and owns Ctrl-C: the first stops the answer, a second exits."""
+
+    def __init__(self, chat: ChatClient, *, json_mode: bool, stats: bool) -> None:
+        self.chat = chat
+        self.json_mode = json_mode
+        self.stats = stats
+        self.streaming = False
+        self.interrupted = False
+
+    def on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if not self.streaming:
+            raise KeyboardInterrupt
+        if self.interrupted:
+            os._exit(EXIT_INTERRUPTED)  # now: no waiting for the server's done
+        self.interrupted = True
+        self.chat.stop()
+
+    def exchange(self, prompt: str) -> int:
+        """Send one prompt and print its answer; returns the exit status."""
+        self.interrupted = False
+        self.streaming = True
+        wrote = False
+        try:
+            for delta in self.chat.stream(prompt):
+                if not self.json_mode:
+                    sys.stdout.write(delta)
+                    sys.stdout.flush()
+                    wrote = True
+        except ChatError as exc:
+            if wrote:
+                print(flush=True)
+            _error(exc)
+            if isinstance(exc, ChatConnectionError):
+                return EXIT_UNREACHABLE
+            return EXIT_FAILED
+        finally:
+            self.streaming = False
+        if not self.json_mode:
+            print(flush=True)
+        result = self.chat.last_result or {}
+        if self.stats:
+            _note(_format_stats(result))
+        if self.interrupted and result.get("finish_reason") == "cancelled":
+            _note("[stopped]")
+            return EXIT_INTERRUPTED
+        return EXIT_OK
+
+    def converse(self) -> int:
+        """Read prompts until /quit or EOF, keeping the conversation."""
+        tty = sys.stdin.isatty()
+        if tty:
+            with contextlib.suppress(ImportError):
+                import readline  # noqa: F401  (line editing for input())
+        while True:
+            try:
+                line = input("> " if tty else "").strip()
+            except EOFError:
+                if tty:
+                    print()
+                return EXIT_OK
+            if line == "/quit":
+                return EXIT_OK
+            if line == "/reset":
+                self.chat.reset()
+                _note("[conversation cleared]")
+            elif line:
+                self.exchange(line)
+
+
+def _print_event(name: str, data: dict[str, Any]) -> None:
+    print(json.dumps({"event": name, "data": data}), flush=True)
+
+
+def _error(exc: ChatError) -> None:
+    print(f"error: {exc.code}: {exc.message}", file=sys.stderr, flush=True)
+
+
+def _note(text: str) -> None:
+    if sys.stderr.isatty():
+        text = f"\x1b[2m{text}\x1b[0m"  # dim: it is not part of the answer
+    print(text, file=sys.stderr, flush=True)
+
+
+def _format_stats(result: dict[str, Any]) -> str:
+    usage = result.get("usage") or {}
+    timing = result.get("timing") or {}
+    ttft, total = timing.get("ttft_ms"), timing.get("total_ms")
+    completion = usage.get("completion_tokens")
+    fields = [
+        f"model: {result.get('model', '?')}",
+        f"finish: {result.get('finish_reason', '?')}",
+        "ttft: -" if ttft is None else f"ttft: {ttft:.0f} ms",
+    ]
+    # Speed after the first token, as llama.cpp and others report it: the wait
+    # for the first token is already in ttft.
+    span_ms = total - ttft if ttft is not None and total is not None else 0
+    if span_ms > 0 and (completion or 0) > 1:
+        fields.append(f"{(completion - 1) / span_ms * 1000:.1f} tokens/s")
+    if usage:
+        fields.append(
+            f"usage: {usage.get('prompt_tokens')} prompt + {completion} completion"
+            f" = {usage.get('total_tokens')} tokens"
+            + (" (estimated)" if usage.get("estimated") else "")
+        )
+    return "  ".join(fields)
