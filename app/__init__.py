@@ -27,15 +27,35 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     from .relay import Relay
     from .web import bp
 
+    queue = app.config["SOCKETIO_MESSAGE_QUEUE"]
+    app.config["STREAM_STORE_URL"] = app.config["STREAM_STORE_URL"] or queue
+    cluster = None
+    if app.config["STREAM_STORE_URL"]:
+        from .cluster import Cluster, ClusterStreamStore
+
+        store = ClusterStreamStore(
+            app.config["STREAM_STORE_URL"],
+            app.config["NODE_ID"] or Cluster.new_node_id(),
+            app.config["RESUME_GRACE_SECONDS"],
+        )
+        cluster = Cluster(store, socketio.start_background_task)
+
     provider = make_provider(app.config)
-    app.extensions["relay"] = Relay(socketio, provider, app.config)
+    app.extensions["relay"] = Relay(socketio, provider, app.config, cluster)
     app.register_blueprint(bp)
+    options: dict[str, Any] = {}
+    if queue:
+        # python-socketio's Redis manager speaks JSON, never pickle.
+        options = {"message_queue": queue, "channel": "chatstream"}
     socketio.init_app(
         app,
         async_mode=app.config["ASYNC_MODE"],
         # None means same-origin only; never "*" unless configured so.
         cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"] or None,
         max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"],
+        **options,
     )
+    if cluster is not None:
+        cluster.start()
     tokens.warm_up()
     return app

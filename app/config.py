@@ -62,6 +62,12 @@ class Config:
     # Resume
     RESUME_GRACE_SECONDS = _float("RESUME_GRACE_SECONDS", 30)
 
+    # Several nodes: a Redis URL for the Socket.IO message queue, and one for stream
+    # state (defaults to the queue's). With neither, everything stays in memory.
+    SOCKETIO_MESSAGE_QUEUE = os.environ.get("SOCKETIO_MESSAGE_QUEUE", "")
+    STREAM_STORE_URL = os.environ.get("STREAM_STORE_URL", "")
+    NODE_ID = os.environ.get("NODE_ID", "")
+
     # Who may connect
     AUTH_TOKENS = _list("AUTH_TOKENS")
     AUTH_SECRET = os.environ.get("AUTH_SECRET", "")
@@ -70,7 +76,7 @@ class Config:
 
     # Limits
     MAX_CONCURRENT_PER_CONNECTION = _int("MAX_CONCURRENT_PER_CONNECTION", 3)
-    MAX_STREAMS_PER_IDENTITY = _int("MAX_STREAMS_PER_IDENTITY", 10)
+    MAX_STREAMS_PER_IDENTITY = _int("MAX_STREAMS_PER_IDENTITY", 12)
     CHATS_PER_MINUTE = _int("CHATS_PER_MINUTE", 60)
     MAX_MESSAGES = _int("MAX_MESSAGES", 100)
     MAX_PROMPT_CHARS = _int("MAX_PROMPT_CHARS", 10000)

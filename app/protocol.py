@@ -16,6 +16,7 @@ RETRYABLE = {
     "rate_limited": True,
     "resume_denied": False,
     "shutting_down": True,
+    "interrupted": True,
     "upstream_auth": False,
     "upstream_not_found": False,
     "upstream_rate_limited": True,

@@ -7,6 +7,7 @@ and no chunk is sent after that. Chunks are kept, so a client that lost its conn
 can ``resume`` and get every chunk it missed, in order, before the live ones.
 """
 
+import json
 import logging
 import random
 import threading
@@ -16,15 +17,16 @@ from typing import Any
 
 from flask_socketio import SocketIO
 from limits import parse as parse_limit
-from limits.storage import MemoryStorage
+from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from . import tokens
 from .breaker import CircuitBreaker
+from .cluster import Cluster
 from .metrics import Metrics
 from .protocol import ChatRequest, Limits, ProtocolError
 from .providers import Provider, Result, UpstreamError
-from .streams import MemoryStreamStore, Stream
+from .streams import Event, MemoryStreamStore, Stream
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,11 @@ _OUTAGE_CODES = {"upstream_unavailable", "upstream_timeout"}
 
 class Relay:
     def __init__(
-        self, socketio: SocketIO, provider: Provider, config: Mapping[str, Any]
+        self,
+        socketio: SocketIO,
+        provider: Provider,
+        config: Mapping[str, Any],
+        cluster: Cluster | None = None,
     ):
         self.socketio = socketio
         self.provider = provider
@@ -52,11 +58,21 @@ class Relay:
             max_tokens_cap=config["MAX_TOKENS_CAP"],
         )
         self.rate = parse_limit(f"{config['CHATS_PER_MINUTE']}/minute")
-        self.rate_limiter = MovingWindowRateLimiter(MemoryStorage())
+        # With several nodes the allowance is shared through Redis.
+        self.rate_limiter = MovingWindowRateLimiter(
+            storage_from_string(config["STREAM_STORE_URL"])
+            if cluster is not None
+            else MemoryStorage()
+        )
         self.breaker = CircuitBreaker(
             config["UPSTREAM_FAILURES_TO_TRIP"], config["UPSTREAM_COOLDOWN_SECONDS"]
         )
-        self.store = MemoryStreamStore()
+        self.cluster = cluster
+        self.store = cluster.store if cluster is not None else MemoryStreamStore()
+        if cluster is not None:
+            cluster.handlers["resume"] = self._resume_for_peer
+            cluster.handlers["stop"] = self._stop_for_peer
+            cluster.on_owner_lost = self._owner_lost
         self.identities: dict[str, str] = {}
         self.metrics = Metrics()
         self.metrics.connections.set_function(lambda: len(self.identities))
@@ -65,7 +81,7 @@ class Relay:
         self._reaper_started = False
         self._reaper_lock = threading.Lock()
 
-    # -- what the event handlers call ------------------------------------------------
+    # -- what the event handlers call --------------------------------------------------
 
     def connect(self, sid: str, identity: str) -> None:
         self.identities[sid] = identity
@@ -77,7 +93,7 @@ class Relay:
                 "shutting_down", "the server is restarting; retry shortly", request.id
             )
         identity = self.identities.get(sid, "unknown")
-        if not self.rate_limiter.hit(self.rate, identity):
+        if not self._within_rate(identity):
             raise ProtocolError(
                 "rate_limited",
                 f"more than {self.rate.amount} chats a minute; wait and retry",
@@ -118,11 +134,25 @@ class Relay:
         self.socketio.start_background_task(self._run, stream)
         return stream
 
+    def _within_rate(self, identity: str) -> bool:
+        try:
+            return self.rate_limiter.hit(self.rate, identity)
+        except Exception as exc:
+            # The shared limiter's Redis is away: serve rather than refuse everyone.
+            log.warning("rate limiter unavailable (%s); allowing", exc)
+            return True
+
     def stop(self, sid: str, request_id: str) -> None:
         """End a live request now with ``done`` (cancelled).
 
         Its worker closes the upstream stream when it next wakes."""
         stream = self.store.live(sid, request_id)
+        if (
+            stream is None
+            and self.cluster is not None
+            and self._stop_remote(sid, request_id)
+        ):
+            return
         if stream is None:
             raise ProtocolError(
                 "unknown_id",
@@ -131,21 +161,28 @@ class Relay:
             )
         self._finish(stream, "cancelled")
 
-    def resume(self, sid: str, request_id: str, token: str, after: int) -> int:
+    def resume(
+        self,
+        sid: str,
+        request_id: str,
+        token: str,
+        after: int,
+        identity: str | None = None,
+    ) -> int:
         """Send ``sid`` every chunk after ``after``, then the live ones (or the end).
 
         Returns how many chunks were replayed."""
+        identity = identity or self.identities.get(sid, "unknown")
         stream = self.store.by_token(token)
-        denied = ProtocolError(
-            "resume_denied",
-            f"id: no resumable request {request_id!r} with this token",
-            request_id,
-        )
-        if stream is None or stream.id != request_id or stream.abandoned:
-            raise denied
-        identity = self.identities.get(sid, "unknown")
-        if not identity.startswith("addr:") and identity != stream.identity:
-            raise denied
+        if stream is None and self.cluster is not None:
+            return self._resume_remote(sid, request_id, token, after, identity)
+        if (
+            stream is None
+            or stream.id != request_id
+            or stream.abandoned
+            or not _may_resume(identity, stream.identity)
+        ):
+            raise _denied(request_id)
         with stream.lock:
             if after > len(stream.parts) - 1:
                 raise ProtocolError(
@@ -164,9 +201,9 @@ class Relay:
                 ) from None
             missing = stream.chunks_after(after)
             for chunk in missing:
-                self.socketio.emit("chunk", chunk, to=sid)
+                self._emit("chunk", chunk, sid)
             if stream.terminal is not None:
-                self.socketio.emit(*stream.terminal, to=sid)
+                self._emit(*stream.terminal, sid)
                 stream.expires_at = time.monotonic() + self.resume_grace
         self.metrics.resumes.inc()
         log.info("request %s resumed after seq %d", request_id, after)
@@ -177,6 +214,8 @@ class Relay:
         grace window, kept for it to resume; then they are abandoned, which closes the
         upstream stream so that nobody pays for an answer nobody will read."""
         self.identities.pop(sid, None)
+        if self.cluster is not None:
+            self.cluster.unwatch_sid(sid)
         streams = self.store.detach_all(sid)
         deadline = time.monotonic() + self.resume_grace
         for stream in streams:
@@ -317,10 +356,95 @@ class Relay:
             # Kept for the grace window, for a client that misses the end to resume.
             stream.expires_at = time.monotonic() + self.resume_grace
             if stream.sid is not None:
-                self.socketio.emit(event, payload, to=stream.sid)
+                self._emit(event, payload, stream.sid)
         self.store.ended(stream)
         self._ensure_reaper()
         return True
+
+    def _emit(self, event: str, payload: dict[str, Any], sid: str) -> None:
+        # A client connected to this node gets its events directly: no Redis round
+        # trip, and no other node decoding them. Others go through the message queue.
+        local = self.cluster is None or self.socketio.server.manager.is_connected(
+            sid, "/"
+        )
+        self.socketio.emit(event, payload, to=sid, ignore_queue=local)
+
+    # -- several nodes -----------------------------------------------------------------
+
+    def _resume_remote(
+        self, sid: str, request_id: str, token: str, after: int, identity: str
+    ) -> int:
+        """Resume a stream this node does not hold: through its owner, or, when the
+        owner is gone, from the mirror, ending with a retryable error."""
+        assert self.cluster is not None
+        store = self.cluster.store
+        meta = store.mirrored(token)
+        if (
+            meta is None
+            or meta["id"] != request_id
+            or not _may_resume(identity, meta["identity"])
+        ):
+            raise _denied(request_id)
+        if not meta["terminal"] and store.alive(meta["node"]):
+            result = self.cluster.ask(
+                meta["node"],
+                {
+                    "op": "resume",
+                    "token": token,
+                    "id": request_id,
+                    "sid": sid,
+                    "after": after,
+                    "identity": identity,
+                },
+            )
+            if result["ok"]:
+                self.cluster.watch(token, sid)
+                self.metrics.resumes.inc()
+                return result["value"]
+            if result["code"] != "timeout":
+                raise ProtocolError(result["code"], result["message"], request_id)
+            # The owner did not answer: treat it as gone.
+        chunks = store.mirrored_chunks(token, after)
+        for seq, delta in enumerate(chunks, start=after + 1):
+            self._emit("chunk", {"id": request_id, "seq": seq, "delta": delta}, sid)
+        terminal: Event = (
+            tuple(json.loads(meta["terminal"]))  # type: ignore[assignment]
+            if meta["terminal"]
+            else ("error", _interrupted(request_id))
+        )
+        self._emit(*terminal, sid)
+        self.metrics.resumes.inc()
+        return len(chunks)
+
+    def _resume_for_peer(self, message: dict[str, Any]) -> int:
+        return self.resume(
+            message["sid"],
+            message["id"],
+            message["token"],
+            message["after"],
+            message["identity"],
+        )
+
+    def _stop_remote(self, sid: str, request_id: str) -> bool:
+        assert self.cluster is not None
+        store = self.cluster.store
+        token = store.token_for(sid, request_id)
+        meta = store.mirrored(token) if token else None
+        if token is None or meta is None or meta["terminal"]:
+            return False
+        if not store.alive(meta["node"]):
+            return False
+        self.cluster.send(meta["node"], {"op": "stop", "token": token})
+        return True
+
+    def _stop_for_peer(self, message: dict[str, Any]) -> None:
+        stream = self.store.by_token(message["token"])
+        if stream is not None:
+            self._finish(stream, "cancelled")
+
+    def _owner_lost(self, token: str, sid: str, meta: dict[str, str]) -> None:
+        log.warning("node %s died with request %s in flight", meta["node"], meta["id"])
+        self._emit("error", _interrupted(meta["id"]), sid)
 
     # -- expiry ------------------------------------------------------------------------
 
@@ -353,6 +477,28 @@ class Relay:
                         "request %s abandoned: its client did not resume", stream.id
                     )
                 self.store.drop(stream)
+
+
+def _may_resume(identity: str, owner: str) -> bool:
+    # An anonymous client's address may change between connections (a phone moving
+    # networks); the token alone decides. An authenticated one must be the same user.
+    return identity.startswith("addr:") or identity == owner
+
+
+def _denied(request_id: str) -> ProtocolError:
+    return ProtocolError(
+        "resume_denied",
+        f"id: no resumable request {request_id!r} with this token",
+        request_id,
+    )
+
+
+def _interrupted(request_id: str) -> dict[str, Any]:
+    return ProtocolError(
+        "interrupted",
+        "the server generating this answer stopped; retry",
+        request_id,
+    ).payload()
 
 
 def _usage(stream: Stream, result: Result | None) -> dict[str, Any]:

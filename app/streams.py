@@ -137,6 +137,9 @@ class MemoryStreamStore:
             if not live:
                 del self._live[stream.sid or ""]
 
+    def touched(self, stream: Stream) -> None:
+        """A stream changed (a chunk, its end); a shared store writes it through."""
+
     def expired(self, now: float) -> list[Stream]:
         with self._lock:
             return [

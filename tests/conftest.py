@@ -145,10 +145,12 @@ class Upstream:
 class Recorder:
     """A python-socketio client that records every event it receives, in order."""
 
-    def __init__(self, url: str, **connect: Any):
+    def __init__(
+        self, url: str, client_options: dict[str, Any] | None = None, **connect: Any
+    ):
         self.events: list[tuple[str, Any]] = []
         self._changed = threading.Condition()
-        self.sio = socketio.Client(reconnection=False)
+        self.sio = socketio.Client(reconnection=False, **(client_options or {}))
         for name in ("chunk", "done", "error"):
             self.sio.on(name, self._recorder(name))
         self.sio.connect(url, wait_timeout=10, **connect)

@@ -1,0 +1,16 @@
+const LABELS = {
+  connecting: 'Connecting…',
+  connected: 'Connected',
+  reconnecting: 'Reconnecting…',
+  offline: 'Offline',
+};
+
+/** A dot and a word for the socket's state: connecting, connected, reconnecting or offline. */
+export default function ConnectionState({ state }) {
+  return (
+    <span className={`connection ${state}`} data-testid="connection-state" data-state={state} role="status">
+      <span className="dot" aria-hidden="true" />
+      {LABELS[state] ?? state}
+    </span>
+  );
+}

@@ -1,0 +1,228 @@
+import { describe, expect, test } from 'vitest';
+import {
+  answerFigures,
+  applyChunk,
+  applyDone,
+  applyError,
+  applyEvents,
+  assistantMessage,
+  dropLastAnswer,
+  failStreaming,
+  fromStored,
+  historyOf,
+  markResumed,
+  resumeRequests,
+  setResumeToken,
+  suspendStreaming,
+  toStored,
+  userMessage,
+} from './streamState.js';
+
+function started(id = 'a1') {
+  return [userMessage('u1', 'hello'), assistantMessage(id)];
+}
+
+const chunk = (seq, delta, id = 'a1') => ({ type: 'chunk', payload: { id, seq, delta } });
+
+const DONE = {
+  id: 'a1',
+  finish_reason: 'stop',
+  usage: { prompt_tokens: 3, completion_tokens: 41, total_tokens: 44, estimated: false },
+  timing: { ttft_ms: 200, total_ms: 1200 },
+  model: 'demo',
+};
+
+describe('chunks', () => {
+  test('chunks in order are appended', () => {
+    const m = applyEvents(started(), [chunk(0, 'Hel'), chunk(1, 'lo'), chunk(2, '!')]);
+    expect(m[1].content).toBe('Hello!');
+    expect(m[1].nextSeq).toBe(3);
+  });
+
+  test('out-of-order chunks are held until the gap fills, then applied by seq', () => {
+    let m = applyEvents(started(), [chunk(2, 'c'), chunk(1, 'b')]);
+    expect(m[1].content).toBe('');
+    m = applyChunk(m, { id: 'a1', seq: 0, delta: 'a' });
+    expect(m[1].content).toBe('abc');
+    expect(m[1].pending).toEqual({});
+  });
+
+  test('duplicate chunks are ignored, applied or pending', () => {
+    const m = applyEvents(started(), [
+      chunk(0, 'a'),
+      chunk(0, 'a'),
+      chunk(2, 'c'),
+      chunk(2, 'X'),
+      chunk(1, 'b'),
+      chunk(1, 'b'),
+    ]);
+    expect(m[1].content).toBe('abc');
+  });
+
+  test('a duplicate returns the same array, untouched', () => {
+    const m = applyChunk(started(), { id: 'a1', seq: 0, delta: 'a' });
+    expect(applyChunk(m, { id: 'a1', seq: 0, delta: 'a' })).toBe(m);
+  });
+
+  test('a chunk for an unknown id is ignored', () => {
+    const m = started();
+    expect(applyChunk(m, { id: 'someone-else', seq: 0, delta: 'leak' })).toBe(m);
+    expect(applyChunk(m, { id: 'u1', seq: 0, delta: 'not an answer' })).toBe(m);
+  });
+
+  test('malformed chunks are ignored', () => {
+    const m = started();
+    expect(applyChunk(m, { id: 'a1', seq: '0', delta: 'x' })).toBe(m);
+    expect(applyChunk(m, { id: 'a1', seq: 0 })).toBe(m);
+    expect(applyChunk(m, null)).toBe(m);
+  });
+
+  test('only the streaming message changes identity', () => {
+    const before = started();
+    const after = applyChunk(before, { id: 'a1', seq: 0, delta: 'x' });
+    expect(after[0]).toBe(before[0]);
+    expect(after[1]).not.toBe(before[1]);
+  });
+});
+
+describe('done and error', () => {
+  test('done marks the answer finished and keeps the payload', () => {
+    const m = applyEvents(started(), [chunk(0, 'hi'), { type: 'done', payload: DONE }]);
+    expect(m[1].status).toBe('done');
+    expect(m[1].done.model).toBe('demo');
+    expect(m[1].content).toBe('hi');
+  });
+
+  test('chunks after done are ignored', () => {
+    const m = applyEvents(started(), [chunk(0, 'hi'), { type: 'done', payload: DONE }]);
+    expect(applyChunk(m, { id: 'a1', seq: 1, delta: 'late' })).toBe(m);
+  });
+
+  test('a second terminal event changes nothing', () => {
+    const m = applyDone(started(), DONE);
+    expect(applyDone(m, { ...DONE, model: 'other' })).toBe(m);
+    expect(applyError(m, { id: 'a1', code: 'internal', message: 'x' })).toBe(m);
+  });
+
+  test('done flushes chunks still pending behind a gap, in seq order', () => {
+    const m = applyEvents(started(), [chunk(0, 'a'), chunk(3, 'd'), chunk(2, 'c')]);
+    const finished = applyDone(m, DONE);
+    expect(finished[1].content).toBe('acd');
+  });
+
+  test('error marks the answer failed with code and message', () => {
+    const m = applyEvents(started(), [
+      chunk(0, 'par'),
+      {
+        type: 'error',
+        payload: { id: 'a1', code: 'upstream_timeout', message: 'slow', retryable: true },
+      },
+    ]);
+    expect(m[1].status).toBe('error');
+    expect(m[1].error).toEqual({ code: 'upstream_timeout', message: 'slow', retryable: true });
+    expect(m[1].content).toBe('par');
+  });
+
+  test('an error without an id or for an unknown id is ignored', () => {
+    const m = started();
+    expect(applyError(m, { code: 'invalid_request', message: 'x' })).toBe(m);
+    expect(applyError(m, { id: 'nope', code: 'internal', message: 'x' })).toBe(m);
+    expect(applyDone(m, { ...DONE, id: 'nope' })).toBe(m);
+  });
+
+  test('failStreaming fails only live answers', () => {
+    const m = [...applyDone(started('a1'), DONE), userMessage('u2', 'again'), assistantMessage('a2')];
+    const failed = failStreaming(m, { code: 'disconnected', message: 'lost', retryable: true });
+    expect(failed[1].status).toBe('done');
+    expect(failed[3].status).toBe('error');
+    expect(failed[3].error.code).toBe('disconnected');
+  });
+});
+
+describe('history and storage', () => {
+  test('history holds user turns and assistant turns with text', () => {
+    let m = applyEvents(started(), [chunk(0, 'hi there'), { type: 'done', payload: DONE }]);
+    m = [...m, userMessage('u2', 'more'), assistantMessage('a2')];
+    expect(historyOf(m)).toEqual([
+      { role: 'user', content: 'hello' },
+      { role: 'assistant', content: 'hi there' },
+      { role: 'user', content: 'more' },
+    ]);
+  });
+
+  test('dropLastAnswer keeps everything up to the last user turn', () => {
+    const m = applyDone(started(), DONE);
+    expect(dropLastAnswer(m)).toEqual([m[0]]);
+  });
+
+  test('a finished transcript reloads as it was', () => {
+    const m = applyEvents(started(), [chunk(0, 'hi'), { type: 'done', payload: DONE }]);
+    const reloaded = fromStored(JSON.parse(JSON.stringify(toStored(m))));
+    expect(reloaded[1].status).toBe('done');
+    expect(reloaded[1].content).toBe('hi');
+    expect(reloaded[1].done).toEqual(DONE);
+    expect(fromStored('garbage')).toEqual([]);
+  });
+
+  test('an answer cut by a reload resumes after its last chunk when it has a token', () => {
+    let m = applyEvents(started(), [chunk(0, 'a'), chunk(1, 'b'), chunk(3, 'd')]);
+    m = setResumeToken(m, 'a1', 'tok');
+    const reloaded = fromStored(JSON.parse(JSON.stringify(toStored(m))));
+    expect(reloaded[1]).toMatchObject({ status: 'streaming', content: 'ab', resuming: true });
+    expect(resumeRequests(reloaded)).toEqual([{ id: 'a1', token: 'tok', after: 1 }]);
+    // The replay repeats nothing already shown.
+    const resumed = applyEvents(markResumed(reloaded, 'a1'), [chunk(2, 'c'), chunk(3, 'd')]);
+    expect(resumed[1]).toMatchObject({ content: 'abcd', resuming: false });
+  });
+
+  test('an answer cut by a reload without a token is marked interrupted', () => {
+    const m = applyChunk(started(), { id: 'a1', seq: 0, delta: 'a' });
+    const reloaded = fromStored(JSON.parse(JSON.stringify(toStored(m))));
+    expect(reloaded[1].status).toBe('error');
+    expect(reloaded[1].error.code).toBe('interrupted');
+    expect(resumeRequests(reloaded)).toEqual([]);
+  });
+});
+
+describe('a dropped connection', () => {
+  test('answers with a resume token wait to resume; the others fail', () => {
+    let m = [...started('a1'), userMessage('u2', 'x'), assistantMessage('a2')];
+    m = setResumeToken(m, 'a2', 'tok2');
+    const lost = { code: 'disconnected', message: 'lost', retryable: true };
+    const suspended = suspendStreaming(m, lost);
+    expect(suspended[1]).toMatchObject({ status: 'error', error: lost });
+    expect(suspended[3]).toMatchObject({ status: 'streaming', resuming: true });
+    expect(resumeRequests(suspended)).toEqual([{ id: 'a2', token: 'tok2', after: -1 }]);
+  });
+
+  test('a resume token is only kept for a live answer', () => {
+    const m = applyDone(started(), DONE);
+    expect(setResumeToken(m, 'a1', 'tok')).toBe(m);
+    expect(setResumeToken(started(), 'a1', '')[1].resumeToken).toBeUndefined();
+  });
+});
+
+describe('answerFigures', () => {
+  test('ttft, decode speed, model and finish word come from done', () => {
+    const f = answerFigures(DONE);
+    expect(f.ttftMs).toBe(200);
+    expect(f.tokensPerSecond).toBeCloseTo(40);
+    expect(f.model).toBe('demo');
+    expect(f.finish).toBeNull();
+  });
+
+  test('length reads as truncated and cancelled as stopped', () => {
+    expect(answerFigures({ ...DONE, finish_reason: 'length' }).finish).toBe('truncated');
+    expect(answerFigures({ ...DONE, finish_reason: 'cancelled' }).finish).toBe('stopped');
+  });
+
+  test('no text produced: null ttft, no speed', () => {
+    const f = answerFigures({
+      ...DONE,
+      usage: { completion_tokens: 0 },
+      timing: { ttft_ms: null, total_ms: 50 },
+    });
+    expect(f.ttftMs).toBeNull();
+    expect(f.tokensPerSecond).toBe(0);
+  });
+});

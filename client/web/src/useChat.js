@@ -1,0 +1,230 @@
+// The chat page's one hook: it owns the socket's listeners (named, registered in one place
+// and removed on cleanup), the transcript and its copy in sessionStorage. Components get
+// what it returns as props.
+import { useCallback, useEffect, useRef, useState } from 'react';
+import { createFrameBuffer } from './frameBuffer.js';
+import { socket } from './socket.js';
+import {
+  applyError,
+  applyEvents,
+  assistantMessage,
+  dropLastAnswer,
+  fromStored,
+  historyOf,
+  isStreaming,
+  markResumed,
+  resumeRequests,
+  setResumeToken,
+  suspendStreaming,
+  toStored,
+  userMessage,
+} from './streamState.js';
+
+// sessionStorage, not localStorage: each tab keeps its own conversation across a reload
+// and never sees another tab's.
+const STORAGE_KEY = 'chatstream.transcript.v1';
+const ACK_TIMEOUT_MS = 10_000;
+const SAVE_WHILE_STREAMING_MS = 1_000;
+const NO_CHAT_ACK = {
+  code: 'timeout',
+  message: 'The server did not acknowledge the request within 10 s.',
+  retryable: true,
+};
+const NO_RESUME_ACK = {
+  code: 'timeout',
+  message: 'The server did not take up the interrupted answer within 10 s.',
+  retryable: true,
+};
+
+function loadTranscript() {
+  try {
+    return fromStored(JSON.parse(sessionStorage.getItem(STORAGE_KEY) ?? '[]'));
+  } catch {
+    return [];
+  }
+}
+
+function saveTranscript(messages) {
+  try {
+    if (messages.length === 0) sessionStorage.removeItem(STORAGE_KEY);
+    else sessionStorage.setItem(STORAGE_KEY, JSON.stringify(toStored(messages)));
+  } catch {
+    // Storage full or disabled: the conversation still works, it just won't survive a reload.
+  }
+}
+
+function connectionNow() {
+  if (socket.connected) return 'connected';
+  return typeof navigator !== 'undefined' && navigator.onLine === false ? 'offline' : 'connecting';
+}
+
+export function useChat() {
+  const [messages, setMessages] = useState(loadTranscript);
+  const [connection, setConnection] = useState(connectionNow);
+  // The transcript's source of truth, readable synchronously by send/stop/regenerate;
+  // React state mirrors it for rendering.
+  const current = useRef(messages);
+  const buffer = useRef(null);
+
+  const commit = useCallback((next) => {
+    if (next === current.current) return;
+    current.current = next;
+    setMessages(next);
+  }, []);
+
+  useEffect(() => {
+    const frames = createFrameBuffer((events) => commit(applyEvents(current.current, events)));
+    buffer.current = frames;
+
+    function onConnect() {
+      setConnection('connected');
+      // Answers cut off by a dropped connection or a reload continue where they stopped:
+      // the server keeps them for a grace window and replays the chunks after `after`.
+      for (const { id, token, after } of resumeRequests(current.current)) {
+        socket
+          .timeout(ACK_TIMEOUT_MS)
+          .emitWithAck('resume', { id, token, after })
+          .then((ack) => {
+            frames.flush();
+            if (ack && ack.ok) commit(markResumed(current.current, id));
+            else commit(applyError(current.current, { id, ...(ack && ack.error) }));
+          })
+          .catch(() => {
+            frames.flush();
+            commit(applyError(current.current, { id, ...NO_RESUME_ACK }));
+          });
+      }
+    }
+    function onDisconnect() {
+      frames.flush();
+      commit(
+        suspendStreaming(current.current, {
+          code: 'disconnected',
+          message: 'The connection dropped before the answer finished.',
+          retryable: true,
+        }),
+      );
+      setConnection(socket.active ? 'reconnecting' : 'offline');
+    }
+    function onConnectError() {
+      setConnection(socket.active ? 'reconnecting' : 'offline');
+    }
+    function onChunk(payload) {
+      frames.push({ type: 'chunk', payload });
+    }
+    function onDone(payload) {
+      frames.push({ type: 'done', payload });
+    }
+    function onError(payload) {
+      frames.push({ type: 'error', payload });
+    }
+    function onBrowserOffline() {
+      setConnection('offline');
+    }
+    function onBrowserOnline() {
+      setConnection(socket.connected ? 'connected' : 'reconnecting');
+      if (!socket.active) socket.connect();
+    }
+
+    socket.on('connect', onConnect);
+    socket.on('disconnect', onDisconnect);
+    socket.on('connect_error', onConnectError);
+    socket.on('chunk', onChunk);
+    socket.on('done', onDone);
+    socket.on('error', onError);
+    window.addEventListener('offline', onBrowserOffline);
+    window.addEventListener('online', onBrowserOnline);
+    socket.connect();
+
+    return () => {
+      socket.off('connect', onConnect);
+      socket.off('disconnect', onDisconnect);
+      socket.off('connect_error', onConnectError);
+      socket.off('chunk', onChunk);
+      socket.off('done', onDone);
+      socket.off('error', onError);
+      window.removeEventListener('offline', onBrowserOffline);
+      window.removeEventListener('online', onBrowserOnline);
+      frames.dispose();
+      buffer.current = null;
+      socket.disconnect();
+    };
+  }, [commit]);
+
+  // Save at once when nothing streams; while an answer streams, at most once a second.
+  const streaming = isStreaming(messages);
+  useEffect(() => {
+    if (!streaming) {
+      saveTranscript(messages);
+      return undefined;
+    }
+    const timer = setTimeout(() => saveTranscript(current.current), SAVE_WHILE_STREAMING_MS);
+    return () => clearTimeout(timer);
+  }, [messages, streaming]);
+
+  useEffect(() => {
+    function onPageHide() {
+      saveTranscript(current.current);
+    }
+    window.addEventListener('pagehide', onPageHide);
+    return () => window.removeEventListener('pagehide', onPageHide);
+  }, []);
+
+  // Ask for an answer to `base`, whose last turn is the user's.
+  const ask = useCallback(
+    (base) => {
+      const id = crypto.randomUUID();
+      const history = historyOf(base);
+      // The answer's state exists before the request leaves: chunks may beat the ack.
+      commit([...base, assistantMessage(id)]);
+      socket
+        .timeout(ACK_TIMEOUT_MS)
+        .emitWithAck('chat', { id, messages: history })
+        .then((ack) => {
+          buffer.current?.flush();
+          if (ack && ack.ok) commit(setResumeToken(current.current, id, ack.resume_token));
+          else commit(applyError(current.current, { id, ...(ack && ack.error) }));
+        })
+        .catch(() => {
+          buffer.current?.flush();
+          commit(applyError(current.current, { id, ...NO_CHAT_ACK }));
+        });
+    },
+    [commit],
+  );
+
+  const send = useCallback(
+    (text) => {
+      buffer.current?.flush();
+      const content = text.trim();
+      if (!content || isStreaming(current.current)) return false;
+      ask([...current.current, userMessage(crypto.randomUUID(), content)]);
+      return true;
+    },
+    [ask],
+  );
+
+  const stop = useCallback(() => {
+    for (const message of current.current) {
+      if (message.role === 'assistant' && message.status === 'streaming') {
+        // The server answers with `done` (finish_reason "cancelled") for this id.
+        socket.emit('stop', { id: message.id });
+      }
+    }
+  }, []);
+
+  const regenerate = useCallback(() => {
+    buffer.current?.flush();
+    if (isStreaming(current.current)) return;
+    const base = dropLastAnswer(current.current);
+    if (base.length > 0 && base[base.length - 1].role === 'user') ask(base);
+  }, [ask]);
+
+  const newChat = useCallback(() => {
+    stop();
+    buffer.current?.flush();
+    commit([]);
+  }, [commit, stop]);
+
+  return { messages, streaming, connection, send, stop, regenerate, newChat };
+}

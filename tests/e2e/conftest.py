@@ -1,0 +1,106 @@
+"""Browser-test fixtures: the built page, a server on the demo model, Chromium."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, ServerProcess, free_port
+
+# Debian's chromium package (scripts/install_packages.sh); Playwright downloads nothing.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ARTIFACTS = ROOT / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def web_dist() -> Path:
+    """client/web/dist, built (or found up to date) by scripts/build_web.sh."""
+    subprocess.run([str(ROOT / "scripts" / "build_web.sh")], check=True)
+    return ROOT / "client" / "web" / "dist"
+
+
+@pytest.fixture(scope="session")
+def web_url(web_dist, tmp_session) -> Iterator[str]:
+    """The service (python wsgi.py) on the demo model, paced slowly enough to watch."""
+    port = free_port()
+    server = ServerProcess(
+        [sys.executable, "wsgi.py"],
+        {
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LLM_PROVIDER": "demo",
+            "DEMO_TTFT": "0.2",
+            "DEMO_TOKENS_PER_SECOND": "40",
+            # Every page connects from 127.0.0.1, so the whole run is one identity to
+            # the per-client limits; these tests are not about those limits.
+            "CHATS_PER_MINUTE": "1000",
+            "MAX_STREAMS_PER_IDENTITY": "100",
+            "WEB_DIST_DIR": str(web_dist),
+            "PYTHONUNBUFFERED": "1",
+        },
+        tmp_session / f"web-{port}.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        server.wait_http(url + "/healthz")
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium under Playwright; fails loudly if either is missing."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(
+            "playwright is not installed: install requirements-dev.txt",
+            pytrace=False,
+        )
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"{CHROMIUM} is missing: run scripts/install_packages.sh "
+            "(installs Debian's chromium package)",
+            pytrace=False,
+        )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def new_page(browser, web_url):
+    """Opens pages, each in a new context unless given one; fails on page errors."""
+    contexts = []
+    errors: list[str] = []
+
+    def open_page(path: str = "/", context=None, **context_options):
+        if context is None:
+            options = {"viewport": {"width": 1100, "height": 800}, **context_options}
+            context = browser.new_context(**options)
+            contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(web_url + path)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """artifacts/ (git-ignored), for screenshots a person can look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,344 @@
+"""Several nodes behind nginx, sharing Redis: answers reach their own clients through
+the proxy, resume and stop work from any node, a dead node is reported, and a Redis
+restart heals by itself."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from .conftest import ROOT, Recorder, Relay, ServerProcess, free_port, relay_env
+from .openai_server import build_reply
+
+SYSTEM = {"role": "system", "content": "You are a test assistant."}
+
+
+def expected_text(prompt: str, tokens: int = 30) -> str:
+    return "".join(build_reply([SYSTEM, {"role": "user", "content": prompt}], tokens))
+
+
+def binary(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+    if path is None:
+        pytest.fail(f"{name} is not installed: scripts/test.sh installs it", False)
+    return path
+
+
+class RedisServer:
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.tmp = tmp
+        self.process: ServerProcess | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = ServerProcess(
+            [binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
+            + ["--save", "", "--appendonly", "no", "--dir", str(self.tmp)],
+            {},
+            self.tmp / f"redis-{self.port}-{time.monotonic_ns()}.log",
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_session):
+    """A Redis server on a loopback port, with no persistence."""
+    server = RedisServer(tmp_session)
+    yield server
+    server.stop()
+
+
+def node(tmp, upstream, redis_server, name: str) -> Relay:
+    return Relay(
+        tmp,
+        "eventlet",
+        relay_env(
+            upstream,
+            SOCKETIO_MESSAGE_QUEUE=redis_server.url,
+            NODE_ID=name,
+            RESUME_GRACE_SECONDS="10",
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_session, upstream, redis_server):
+    """Three relay nodes sharing the Redis server."""
+    started = [node(tmp_session, upstream, redis_server, n) for n in "abc"]
+    yield started
+    for server in started:
+        server.process.stop()
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_session, nodes):
+    """nginx on a loopback port with deploy/nginx.conf in front of the nodes."""
+    port = free_port()
+    prefix = tmp_session / "nginx"
+    prefix.mkdir()
+    site = (ROOT / "deploy" / "nginx.conf").read_text()
+    site = re.sub(r"\n\s*server 127\.0\.0\.1:\d+;", "", site)
+    servers = "".join(f"\n    server 127.0.0.1:{n.port};" for n in nodes)
+    site = site.replace("consistent;", "consistent;" + servers)
+    site = site.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    (prefix / "site.conf").write_text(site)
+    temp = " ".join(
+        f"{kind}_temp_path {prefix}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (prefix / "nginx.conf").write_text(
+        f"daemon off; worker_processes 1; pid {prefix}/nginx.pid;\n"
+        f"error_log {prefix}/error.log warn;\n"
+        "events { worker_connections 1024; }\n"
+        f"http {{ access_log off; {temp} include {prefix}/site.conf; }}\n"
+    )
+    process = ServerProcess(
+        [binary("nginx"), "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+        {},
+        prefix / "stdout.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.wait_http(url + "/healthz")
+    yield url
+    process.stop()
+
+
+def from_address(url: str, address: str) -> Recorder:
+    """A WebSocket client whose connection comes from ``address`` (127.x.y.z)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection(
+        (host, int(port)), timeout=10, source_address=(address, 0)
+    )
+    return Recorder(
+        url,
+        client_options={"websocket_extra_options": {"socket": sock}},
+        transports=["websocket"],
+    )
+
+
+def test_thirty_clients_through_nginx_each_get_their_own_answer(nginx, nodes):
+    clients = [
+        from_address(nginx, f"127.0.{n // 200}.{n % 200 + 2}") for n in range(30)
+    ]
+    try:
+        per_node = [node.health()["connections"] for node in nodes]
+        assert sum(per_node) == 30
+        assert sum(1 for count in per_node if count) >= 2
+        prompts = [f"Through the proxy {n} about item-{n}" for n in range(30)]
+        start = threading.Barrier(len(clients))
+
+        def ask(n: int) -> None:
+            start.wait()
+            assert clients[n].chat(f"p{n}", prompts[n])["ok"]
+
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(30)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for n, client in enumerate(clients):
+            assert client.wait_end(f"p{n}")[0] == "done"
+            assert {data["id"] for _, data in client.events} == {f"p{n}"}
+            seqs = [chunk["seq"] for chunk in client.chunks(f"p{n}")]
+            assert seqs == list(range(len(seqs)))
+            assert client.text(f"p{n}") == expected_text(prompts[n])
+    finally:
+        for client in clients:
+            client.close()
+
+
+def start_and_cut(url: str, request_id: str, prompt: str, after_chunks: int):
+    client = Recorder(url, transports=["websocket"])
+    token = client.chat(request_id, prompt)["resume_token"]
+    client.wait(lambda c: len(c.chunks(request_id)) >= after_chunks)
+    client.cut()
+    return token, client.chunks(request_id)
+
+
+def test_resume_on_another_node_gives_the_exact_answer(nodes):
+    a, b, _ = nodes
+    prompt = "Resume elsewhere [[tokens:120]] [[tps:60]]"
+    token, held = start_and_cut(a.url, "r", prompt, after_chunks=5)
+    other = Recorder(b.url)
+    try:
+        after = held[-1]["seq"]
+        ack = other.call("resume", {"id": "r", "token": token, "after": after})
+        assert ack["ok"] is True
+        assert other.wait_end("r")[0] == "done"
+        resumed = other.chunks("r")
+        assert [c["seq"] for c in resumed] == list(range(after + 1, 120))
+        text = "".join(c["delta"] for c in held + resumed)
+        assert text == expected_text(prompt, 120)
+    finally:
+        other.close()
+
+
+def test_resume_of_a_finished_answer_on_another_node(nodes, upstream):
+    a, _, c = nodes
+    prompt = "Finished elsewhere [[tokens:40]] [[tps:100]]"
+    token, held = start_and_cut(a.url, "f", prompt, after_chunks=3)
+    upstream.wait_outcome("Finished elsewhere")
+    time.sleep(0.2)  # the owner mirrors its state every 50 ms
+    other = Recorder(c.url)
+    try:
+        ack = other.call(
+            "resume", {"id": "f", "token": token, "after": held[-1]["seq"]}
+        )
+        assert ack["ok"] is True
+        assert other.wait_end("f")[0] == "done"
+        text = "".join(ch["delta"] for ch in held + other.chunks("f"))
+        assert text == expected_text(prompt, 40)
+    finally:
+        other.close()
+
+
+def test_wrong_token_on_another_node_is_refused(nodes):
+    a, b, _ = nodes
+    token, held = start_and_cut(a.url, "w", "Guarded [[tokens:60]] [[tps:60]]", 2)
+    other = Recorder(b.url)
+    try:
+        bad = {"id": "w", "token": token[:-3] + "abc", "after": 1}
+        assert other.call("resume", bad)["error"]["code"] == "resume_denied"
+        time.sleep(0.3)
+        assert [name for name, _ in other.events] == ["error"]
+    finally:
+        other.close()
+
+
+def test_stop_via_another_node_stops_the_stream(nodes, upstream):
+    a, b, _ = nodes
+    prompt = "Stop me elsewhere [[tokens:600]] [[tps:40]]"
+    token, held = start_and_cut(a.url, "s", prompt, after_chunks=3)
+    other = Recorder(b.url)
+    try:
+        ack = other.call(
+            "resume", {"id": "s", "token": token, "after": held[-1]["seq"]}
+        )
+        assert ack["ok"]
+        other.wait(lambda c: len(c.chunks("s")) >= 3)
+        stopped_at = time.time()
+        assert other.call("stop", {"id": "s"}) == {"ok": True, "id": "s"}
+        name, done = other.wait_end("s")
+        assert name == "done"
+        assert done["finish_reason"] == "cancelled"
+        record = upstream.wait_outcome("Stop me elsewhere")
+        assert record["outcome"] == "client_closed"
+        assert record["ended_at"] - stopped_at < 1.0
+    finally:
+        other.close()
+
+
+def test_dead_node_gives_its_clients_a_retryable_error(
+    tmp_session, upstream, redis_server, nodes
+):
+    doomed = node(tmp_session, upstream, redis_server, "doomed")
+    b = nodes[1]
+    # One client stays on the doomed node, one moved its stream to node b, and one
+    # streams from node b itself.
+    staying = Recorder(doomed.url, transports=["websocket"])
+    token = staying.chat("stay", "Doomed stay [[tokens:600]] [[tps:40]]")[
+        "resume_token"
+    ]
+    moved_token, held = start_and_cut(
+        doomed.url, "moved", "Doomed moved [[tokens:600]] [[tps:40]]", 2
+    )
+    moved = Recorder(b.url)
+    moved_ack = moved.call(
+        "resume", {"id": "moved", "token": moved_token, "after": held[-1]["seq"]}
+    )
+    assert moved_ack["ok"]
+    bystander = Recorder(b.url)
+    assert bystander.chat("safe", "Safe on b [[tokens:120]] [[tps:40]]")["ok"]
+    staying.wait(lambda c: len(c.chunks("stay")) >= 3)
+    moved.wait(lambda c: len(c.chunks("moved")) >= held[-1]["seq"] + 3)
+
+    master = doomed.process.proc.pid
+    worker = int(Path(f"/proc/{master}/task/{master}/children").read_text().split()[0])
+    os.kill(worker, signal.SIGKILL)
+    os.kill(master, signal.SIGKILL)
+    doomed.process.proc.wait(5)
+
+    try:
+        # The moved client hears of it through its own node.
+        name, error = moved.wait_end("moved", timeout=10)
+        assert name == "error"
+        assert error["code"] == "interrupted"
+        assert error["retryable"] is True
+        # The staying client lost its connection; it reconnects elsewhere and resumes.
+        staying.wait(lambda c: not c.sio.connected, timeout=10)
+        after = staying.chunks("stay")[-1]["seq"]
+        back = Recorder(b.url)
+        ack = back.call("resume", {"id": "stay", "token": token, "after": after})
+        assert ack["ok"] is True
+        name, error = back.wait_end("stay")
+        assert (name, error["code"], error["retryable"]) == (
+            "error",
+            "interrupted",
+            True,
+        )
+        back.close()
+        # Node b's own stream never noticed.
+        name, done = bystander.wait_end("safe", timeout=15)
+        assert name == "done"
+        assert bystander.text("safe") == expected_text(
+            "Safe on b [[tokens:120]] [[tps:40]]", 120
+        )
+    finally:
+        for client in (moved, bystander):
+            client.close()
+        doomed.process.stop()
+
+
+def test_service_recovers_after_redis_restarts(redis_server, nodes, nginx):
+    redis_server.stop()
+    redis_server.start()
+    a, b, _ = nodes
+    # New streams work at once on the node a client is connected to…
+    client = from_address(nginx, "127.0.9.9")
+    try:
+        assert client.chat("n", "After the restart")["ok"]
+        assert client.wait_end("n")[0] == "done"
+        assert client.text("n") == expected_text("After the restart")
+    finally:
+        client.close()
+    # …and resuming across nodes works again once the nodes have resubscribed (the
+    # Socket.IO queue retries with backoff; pub/sub loses what is sent meanwhile).
+    prompt = "Across again [[tokens:60]] [[tps:60]]"
+    deadline = time.monotonic() + 30
+    while True:
+        token, held = start_and_cut(a.url, "x", prompt, 2)
+        other = Recorder(b.url)
+        try:
+            ack = other.call(
+                "resume", {"id": "x", "token": token, "after": held[-1]["seq"]}
+            )
+            end = other.wait_end("x")[0] if ack["ok"] else None
+            text = "".join(c["delta"] for c in held + other.chunks("x"))
+        finally:
+            other.close()
+        if end == "done" and text == expected_text(prompt, 60):
+            return
+        assert time.monotonic() < deadline, (ack, end, text)
+        time.sleep(1)
