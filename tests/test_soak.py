@@ -7,6 +7,7 @@ the server holds no per-request state. The default run is short; ``--soak-long``
 
 import asyncio
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -173,6 +174,19 @@ async def soak(url: str, users: int, seconds: float, seed: int) -> Tally:
     return tally
 
 
+def run_soak(url: str, users: int, seconds: float, seed: int) -> Tally:
+    """Run ``soak`` on an event loop of its own thread (the browser tests' Playwright
+    keeps one running on the main thread)."""
+    result: list[Tally] = []
+    thread = threading.Thread(
+        target=lambda: result.append(asyncio.run(soak(url, users, seconds, seed)))
+    )
+    thread.start()
+    thread.join()
+    assert result, "the soak run failed; see the traceback above"
+    return result[0]
+
+
 def wait_for_no_state(relay: Relay, timeout: float = 15) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -187,11 +201,11 @@ def test_soak_loses_duplicates_and_misdelivers_nothing(soak_relay, request):
     users, seconds = (200, 60.0) if long else (40, 8.0)
 
     # A first round grows the worker's pools; its memory afterwards is the baseline.
-    asyncio.run(soak(soak_relay.url, users, 2.0, seed=1))
+    run_soak(soak_relay.url, users, 2.0, seed=1)
     wait_for_no_state(soak_relay)
     baseline = worker_rss_kb(soak_relay)
 
-    tally = asyncio.run(soak(soak_relay.url, users, seconds, seed=1000))
+    tally = run_soak(soak_relay.url, users, seconds, seed=1000)
     health = wait_for_no_state(soak_relay)
     after = worker_rss_kb(soak_relay)
     print(
