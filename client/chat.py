@@ -28,8 +28,13 @@ RETRYABLE_CODES = frozenset(
     }
 )
 
-# How often a waiting stream checks that its connection is still the same one.
+# How often a waiting stream checks that a request the server has not acknowledged
+# still has a connection: without the ack's resume token it cannot be resumed.
 _POLL_SECONDS = 1.0
+
+# Refusals of a ``resume`` come as an error event and then the negative ack; the ack
+# says it (as ``disconnected``), so the error event does not end the request.
+_RESUME_REFUSALS = frozenset({"resume_denied", "invalid_request"})
 
 EventCallback = Callable[[str, dict[str, Any]], None]
 
@@ -67,16 +72,31 @@ def _reason(exc: Exception) -> str:
 
 
 class _Request:
-    """A request on the wire: its event queue and the state of its ``stop``."""
+    """A request on the wire: its event queue, what a resume needs, and its ``stop``.
 
-    def __init__(self, sid: str | None) -> None:
+    Written by the Socket.IO threads (under ``lock``); the stream reads only
+    ``events``.
+    """
+
+    def __init__(self) -> None:
         self.id = uuid.uuid4().hex
-        self.sid = sid  # the connection it was sent on; a new sid means it is lost
         self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.lock = threading.Lock()
-        self.started = False  # the server knows the id: an ack or a chunk came
+        self.token: str | None = None  # the ack's resume_token
+        self.held = 0  # chunks 0 .. held-1 have arrived
+        self.ahead: set[int] = set()  # seqs that arrived past a gap
+        # The server knows the id on the current connection: an ack, a chunk or a
+        # resume ack came on it.
+        self.started = False
         self.stop_wanted = False
         self.stop_sent = False
+
+    def hold(self, seq: int) -> None:
+        if seq >= self.held:
+            self.ahead.add(seq)
+        while self.held in self.ahead:
+            self.ahead.remove(self.held)
+            self.held += 1
 
 
 class _Answer:
@@ -88,6 +108,8 @@ class _Answer:
         self.early: dict[int, str] = {}  # chunks that overtook a missing seq
         self.acked = False
         self.result: dict[str, Any] | None = None
+        # While the connection is down: when it dropped (monotonic), until a resume.
+        self.away_since: float | None = None
 
     def feed(self, event: str, data: dict[str, Any]) -> list[str]:
         if event == "chunk":
@@ -113,9 +135,22 @@ class _Answer:
                     bool(error.get("retryable", code in RETRYABLE_CODES)),
                 )
             self.acked = True
+        elif event == "resume_ack":
+            if not data.get("ok"):
+                error = data.get("error") or {}
+                raise ChatConnectionError(
+                    "disconnected",
+                    "the connection dropped and the server refused to resume the "
+                    f"answer ({error.get('code')}: {error.get('message')})",
+                    retryable=True,
+                )
+            self.away_since = None
         elif event == "error":
+            code = data.get("code")
             # unknown_id answers a stop that crossed the done; the request is fine.
-            if data.get("code") != "unknown_id":
+            # A refused resume is said again by its negative ack, as disconnected.
+            refused = self.away_since is not None and code in _RESUME_REFUSALS
+            if code != "unknown_id" and not refused:
                 raise ChatError(
                     str(data.get("code", "internal")),
                     str(data.get("message", "")),
@@ -128,12 +163,16 @@ class _Answer:
             self.result = data
             return ready
         elif event == "disconnected":
-            raise ChatConnectionError(
-                "disconnected",
-                f"the connection dropped before the answer was complete "
-                f"({data.get('reason', 'unknown reason')})",
-                retryable=True,
-            )
+            # Without the ack there is no resume token: nothing to resume with.
+            if data.get("final") or not self.acked:
+                raise ChatConnectionError(
+                    "disconnected",
+                    f"the connection dropped before the answer was complete "
+                    f"({data.get('reason', 'unknown reason')})",
+                    retryable=True,
+                )
+            if self.away_since is None:
+                self.away_since = time.monotonic()
         return []
 
     @property
@@ -147,6 +186,9 @@ class ChatClient:
     ``with ChatClient(url) as chat: print(chat.ask("Hi"))``. The history is kept
     here and sent whole with every request. One stream at a time per client; use
     several clients for parallel conversations.
+
+    A connection that drops mid-answer is reconnected and the answer resumed
+    where it stopped: the stream goes on yielding, with nothing lost or repeated.
     """
 
     def __init__(
@@ -157,19 +199,26 @@ class ChatClient:
         options: dict[str, Any] | None = None,
         token: str | None = None,
         timeout: float = 10.0,
+        resume_timeout: float = 30.0,
         on_event: EventCallback | None = None,
     ) -> None:
         """``token`` is sent as ``{token}`` auth to servers that require one.
 
         ``timeout`` bounds connecting and the wait for the server's first answer.
 
+        ``resume_timeout`` bounds how long a stream whose connection dropped waits
+        to be reconnected and resumed before it raises ``ChatError("disconnected")``;
+        the server keeps an answer for ``RESUME_GRACE_SECONDS`` (30 s by default).
+
         ``on_event(name, payload)`` sees every event of this client's requests as
-        it is consumed: ``ack``, ``chunk``, ``done``, ``error`` and ``stop_ack``.
+        it is consumed: ``ack``, ``chunk``, ``done``, ``error``, ``stop_ack`` and,
+        after a reconnection, ``resume_ack``.
         """
         self.url = url
         self.model = model
         self.options = dict(options or {})
         self.timeout = timeout
+        self.resume_timeout = resume_timeout
         self.on_event = on_event
         self.token = token
         self.history: list[dict[str, str]] = []
@@ -179,11 +228,18 @@ class ChatClient:
         self._emit_lock = threading.Lock()
         self._live: _Request | None = None
         self._refusal: Any = None
+        self._connected = threading.Event()
+        self._reconnecting = False
+        # reconnection=True: after a transport error python-socketio reconnects,
+        # with backoff, and _on_connect resumes the live request.
         # handle_sigint=False: Ctrl-C belongs to the application, which may want
         # it to mean "stop this answer" rather than "drop the connection".
-        self._sio = socketio.Client(handle_sigint=False, request_timeout=timeout)
+        self._sio = socketio.Client(
+            reconnection=True, handle_sigint=False, request_timeout=timeout
+        )
         for event in ("chunk", "done", "error"):
             self._sio.on(event, partial(self._dispatch, event))
+        self._sio.on("connect", self._on_connect)
         self._sio.on("disconnect", self._on_disconnect)
         self._sio.on("connect_error", self._on_connect_error)
 
@@ -193,6 +249,15 @@ class ChatClient:
         """Connect, or raise ``ChatConnectionError`` saying why not."""
         if self._sio.connected:
             return
+        if self._reconnecting:
+            # python-socketio is at it already; a second attempt would race it.
+            if self._connected.wait(self.timeout):
+                return
+            raise ChatConnectionError(
+                "connection_failed",
+                f"cannot reconnect to {self.url} (still trying)",
+                retryable=True,
+            )
         self._refusal = None
         auth = {"token": self.token} if self.token else None
         try:
@@ -222,8 +287,15 @@ class ChatClient:
             # Stop it first: the server keeps a dropped client's generations
             # running for a while, in case it comes back.
             self._request_stop(request)
+        self._reconnecting = False
         # shutdown() also ends a reconnection loop, which disconnect() leaves going.
         self._sio.shutdown()
+        # A stream waiting to be resumed must not wait for a reconnection that was
+        # just called off.
+        for request in self._registered():
+            self._dispatch(
+                "disconnected", {"reason": "client closed", "final": True}, request
+            )
 
     @property
     def connected(self) -> bool:
@@ -257,6 +329,12 @@ class ChatClient:
         it was. Leaving the loop early cancels the request, as ``stop()`` does: the
         partial answer joins the history (unless it is empty: the server refuses
         empty turns).
+
+        A dropped connection is reconnected and the answer resumed unseen; it
+        raises ``ChatError("disconnected")`` only when that fails for
+        ``resume_timeout`` seconds, the server refuses the resume (its window
+        passed), or the connection dropped before the server acknowledged the
+        request.
         """
         if self._live is not None:
             raise RuntimeError("this client is already streaming an answer")
@@ -269,7 +347,10 @@ class ChatClient:
         if merged:
             payload["options"] = merged
 
-        request = _Request(self._sio.sid)
+        if not self._sio.connected and self._reconnecting:
+            # Dropped between requests: give the reconnection a moment.
+            self._connected.wait(self.timeout)
+        request = _Request()
         payload = {"id": request.id, **payload}
         answer = _Answer()
         self.history.append(turn)
@@ -278,13 +359,9 @@ class ChatClient:
         with self._requests_lock:
             self._requests[request.id] = request
         try:
-            self._emit("chat", payload, partial(self._on_ack, request, "ack"))
+            self._emit("chat", payload, partial(self._dispatch, "ack", request=request))
             while answer.result is None:
-                # Until the server answers at all, a lost request must not hang us;
-                # after that the server's own upstream timeouts bound the wait.
-                started = answer.acked or answer.parts or answer.early
-                deadline = None if started else time.monotonic() + self.timeout
-                event, data = self._next_event(request, deadline)
+                event, data = self._next_event(request, *self._bound(answer))
                 try:
                     ready = answer.feed(event, data)
                 except ChatError:
@@ -326,7 +403,8 @@ class ChatClient:
     def stop(self) -> None:
         """Cancel the live request; its stream ends with ``finish_reason`` cancelled.
 
-        Safe to call from another thread or a signal handler.
+        Safe to call from another thread or a signal handler. While the connection
+        is down the stop waits for the resume.
         """
         request = self._live
         if request is not None:
@@ -354,25 +432,44 @@ class ChatClient:
                 "disconnected", f"not connected to {self.url}", retryable=True
             ) from None
 
+    def _bound(self, answer: _Answer) -> tuple[float | None, ChatError | None]:
+        """When waiting for the next event must end, and the error it ends with."""
+        if answer.away_since is not None:
+            return answer.away_since + self.resume_timeout, ChatConnectionError(
+                "disconnected",
+                "the connection dropped and could not be resumed within "
+                f"{self.resume_timeout:g}s",
+                retryable=True,
+            )
+        if not (answer.acked or answer.parts or answer.early):
+            # Until the server answers at all, a lost request must not hang us;
+            # after that the server's own upstream timeouts bound the wait.
+            return time.monotonic() + self.timeout, ChatError(
+                "timeout",
+                f"no answer from the server within {self.timeout:g}s",
+                retryable=True,
+            )
+        return None, None
+
     def _next_event(
-        self, request: _Request, deadline: float | None
+        self,
+        request: _Request,
+        deadline: float | None = None,
+        late: ChatError | None = None,
     ) -> tuple[str, dict[str, Any]]:
         while True:
             wait = _POLL_SECONDS
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
-                    raise ChatError(
-                        "timeout",
-                        f"no answer from the server within {self.timeout:g}s",
-                        retryable=True,
-                    )
+                    raise late or ChatError("timeout", "no answer", retryable=True)
             try:
                 event, data = request.events.get(timeout=wait)
             except queue.Empty:
-                # The disconnect handler normally tells us; this catches a drop
-                # that raced the request's registration.
-                if self._sio.sid is None or self._sio.sid != request.sid:
+                # The disconnect handler tells the requests it knows of; this
+                # catches a chat sent as the connection dropped, which no resume
+                # can save (no ack, no token).
+                if request.token is None and not self._sio.connected:
                     event, data = "disconnected", {"reason": "connection lost"}
                 else:
                     continue
@@ -403,36 +500,78 @@ class ChatClient:
             # Failed, or stopped before any text: the server rejects an empty turn.
             self.history.pop()
 
-    def _dispatch(self, event: str, data: Any) -> None:
-        """Route a server event to the request it names; other ids are not ours.
-
-        Every server event passes through here (a resume protocol hooks in here).
-        """
-        request_id = data.get("id") if isinstance(data, dict) else None
-        if not isinstance(request_id, str):
-            return
+    def _registered(self) -> list[_Request]:
         with self._requests_lock:
-            request = self._requests.get(request_id)
+            return list(self._requests.values())
+
+    def _dispatch(
+        self, event: str, data: Any = None, request: _Request | None = None
+    ) -> None:
+        """Route an event to its request's queue, noting what a resume needs.
+
+        Every event a stream sees passes through here: the server's events (routed
+        by their id; other ids are not ours), the acks of ``chat``, ``stop`` and
+        ``resume`` (``request`` given: a negative ack has no id), and the
+        client's own ``disconnected``.
+        """
         if request is None:
-            return
-        if event == "chunk":
+            request_id = data.get("id") if isinstance(data, dict) else None
+            if not isinstance(request_id, str):
+                return
+            with self._requests_lock:
+                request = self._requests.get(request_id)
+            if request is None:
+                return
+        if not isinstance(data, dict):
+            data = {"ok": False}  # an ack without a payload
+        started = False
+        with request.lock:
+            if event == "chunk":
+                if isinstance(data.get("seq"), int):
+                    request.hold(data["seq"])
+                started = True
+            elif event in ("ack", "resume_ack") and data.get("ok"):
+                if event == "ack":
+                    request.token = data.get("resume_token")
+                started = True
+            elif event == "disconnected":
+                # A new connection knows the id only once resumed, and a stop sent
+                # as the old one dropped may never have arrived.
+                request.started = False
+                request.stop_sent = False
+        if started:
             self._mark_started(request)
         request.events.put((event, data))
 
-    def _on_ack(self, request: _Request, event: str, *args: Any) -> None:
-        data = args[0] if args and isinstance(args[0], dict) else {"ok": False}
-        if event == "ack" and data.get("ok"):
-            self._mark_started(request)
-        request.events.put((event, data))
+    def _on_connect(self) -> None:
+        """Resume the requests a dropped connection left, on this new one."""
+        self._reconnecting = False
+        for request in self._registered():
+            with request.lock:
+                token, after = request.token, request.held - 1
+            # Without a token the request was never acknowledged: its stream fails.
+            if token is not None:
+                with contextlib.suppress(ChatError):  # dropped again: next connect
+                    self._emit(
+                        "resume",
+                        {"id": request.id, "token": token, "after": after},
+                        partial(self._dispatch, "resume_ack", request=request),
+                    )
+        self._connected.set()
 
     def _on_connect_error(self, data: Any = None) -> None:
         self._refusal = data
 
     def _on_disconnect(self, reason: Any = None) -> None:
-        with self._requests_lock:
-            requests = list(self._requests.values())
-        for request in requests:
-            request.events.put(("disconnected", {"reason": str(reason)}))
+        self._connected.clear()
+        # python-socketio reconnects after a transport error only: a disconnect
+        # by either side is final.
+        final = reason != self._sio.reason.TRANSPORT_ERROR
+        self._reconnecting = not final
+        for request in self._registered():
+            self._dispatch(
+                "disconnected", {"reason": str(reason), "final": final}, request
+            )
 
     def _mark_started(self, request: _Request) -> None:
         with request.lock:
@@ -444,7 +583,8 @@ class ChatClient:
 
     def _request_stop(self, request: _Request) -> None:
         # A stop sent before the server has seen the chat could be handled first
-        # and answered unknown_id, so it waits for the ack or the first chunk.
+        # and answered unknown_id, so it waits for the ack or the first chunk (or,
+        # after a reconnection, the resume).
         with request.lock:
             request.stop_wanted = True
             send = request.started and not request.stop_sent
@@ -453,8 +593,13 @@ class ChatClient:
             self._send_stop(request)
 
     def _send_stop(self, request: _Request) -> None:
-        # ChatError here means disconnected: the request is over anyway.
-        with contextlib.suppress(ChatError):
+        try:
             self._emit(
-                "stop", {"id": request.id}, partial(self._on_ack, request, "stop_ack")
+                "stop",
+                {"id": request.id},
+                partial(self._dispatch, "stop_ack", request=request),
             )
+        except ChatError:
+            # Disconnected: sent again once the request is resumed.
+            with request.lock:
+                request.stop_sent = False

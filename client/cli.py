@@ -1,8 +1,12 @@
 """Command line: ``python -m client [options] [prompt]``.
 
 Exit status: 0 answered, 1 the request failed, 2 usage error, 3 the server
-cannot be reached or refused the connection or the connection dropped, 130
-interrupted by Ctrl-C.
+cannot be reached or refused the connection, or the connection dropped and the
+answer could not be resumed, 130 interrupted by Ctrl-C.
+
+A connection that drops mid-answer is reconnected and the answer resumed where it
+stopped; ``--json`` shows the ``resume_ack``, plain output notes ``[reconnected]`` on
+stderr after the answer.
 """
 
 from __future__ import annotations
@@ -107,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         options=options,
         token=args.token,
         timeout=args.timeout,
-        on_event=_print_event if args.json else None,
     )
     session = _Session(chat, json_mode=args.json, stats=args.stats)
+    chat.on_event = session.on_event
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, session.on_sigint)
@@ -146,6 +150,13 @@ class _Session:
         self.stats = stats
         self.streaming = False
         self.interrupted = False
+        self.resumed = False
+
+    def on_event(self, name: str, data: dict[str, Any]) -> None:
+        if self.json_mode:
+            _print_event(name, data)
+        if name == "resume_ack" and data.get("ok"):
+            self.resumed = True
 
     def on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if not self.streaming:
@@ -158,6 +169,7 @@ class _Session:
     def exchange(self, prompt: str) -> int:
         """Send one prompt and print its answer; returns the exit status."""
         self.interrupted = False
+        self.resumed = False
         self.streaming = True
         wrote = False
         try:
@@ -177,6 +189,10 @@ class _Session:
             self.streaming = False
         if not self.json_mode:
             print(flush=True)
+            if self.resumed:
+                # After the answer rather than inside it: stdout and stderr often
+                # share the terminal.
+                _note("[reconnected]")
         result = self.chat.last_result or {}
         if self.stats:
             _note(_format_stats(result))

@@ -1,8 +1,10 @@
 """The Python client: the ChatClient library and ``python -m client``, end to end."""
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +18,7 @@ import pytest
 
 from client import ChatClient, ChatConnectionError, ChatError
 from client.chat import _Answer
-from tests.conftest import ROOT, UNLIMITED, Relay, free_port
+from tests.conftest import ROOT, UNLIMITED, Relay, free_port, relay_env
 
 PROMPT = "How do I write a python function that counts words?"
 FOLLOW_UP = "And how would I test that function?"
@@ -49,6 +51,62 @@ def slow_server(tmp_session) -> Iterator[Relay]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def resume_server(tmp_session, upstream) -> Iterator[Relay]:
+    """The relay in front of the test server, keeping answers 30 s for a resume."""
+    with own_relay(tmp_session, relay_env(upstream, RESUME_GRACE_SECONDS="30")) as s:
+        yield s
+
+
+class Proxy:
+    """A TCP relay in front of a server, whose connections a test can cut: the way
+    to drop the connection under a CLI subprocess."""
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(self.target)
+            except OSError:
+                return  # closed
+            with self.lock:
+                self.sockets += [client, server]
+            for pair in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=pair, daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        """Drop every connection through the proxy; new ones are let through."""
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def __enter__(self) -> "Proxy":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.listener.close()
+        self.cut()
+
+
 @cache
 def answers(url: str, *prompts: str) -> tuple[str, ...]:
     """What a fresh conversation gets for ``prompts``, one turn each.
@@ -73,6 +131,17 @@ def run_cli(*args: str, stdin: str = "", timeout: float = 30):
         text=True,
         timeout=timeout,
     )
+
+
+def cut(chat: ChatClient) -> None:
+    """Drop the transport under a client, as a network failure would."""
+    chat._sio.eio.ws.sock.shutdown(socket.SHUT_RDWR)
+
+
+def recorded(chat: ChatClient) -> list[tuple[str, dict]]:
+    events: list[tuple[str, dict]] = []
+    chat.on_event = lambda *event: events.append(event)
+    return events
 
 
 def wait_no_live_streams(server: Relay, timeout: float = 5) -> None:
@@ -275,14 +344,133 @@ def test_clients_in_one_process_do_not_interfere(demo_server):
     assert got == expected
 
 
-def test_dropped_connection_raises_disconnected(tmp_session):
-    with own_relay(tmp_session, SLOW_DEMO) as server, ChatClient(server.url) as chat:
-        with pytest.raises(ChatError) as caught:
-            for _ in chat.stream(PROMPT):
-                # SIGQUIT: gunicorn's quick shutdown, which drops every connection.
-                server.process.proc.send_signal(signal.SIGQUIT)
+# Resume after a dropped connection
+
+
+def test_cut_connection_is_resumed_with_the_exact_answer(resume_server):
+    prompt = "resume me [[tokens:200]] [[tps:100]]"
+    full = answers(resume_server.url, prompt)[0]
+    with ChatClient(resume_server.url) as chat:
+        events = recorded(chat)
+        deltas = []
+        for delta in chat.stream(prompt):
+            deltas.append(delta)
+            if len(deltas) == 10:
+                cut(chat)
+        assert "".join(deltas) == full
+        assert chat.last_result["finish_reason"] == "stop"
+        assert chat.history == [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": full},
+        ]
+    names = [name for name, _ in events]
+    assert names.count("resume_ack") == 1
+    resume_ack = next(data for name, data in events if name == "resume_ack")
+    assert resume_ack["ok"] is True
+    assert resume_ack["replayed"] >= 0
+    # Resumed after the last chunk held: nothing came twice, nothing was skipped.
+    seqs = [data["seq"] for name, data in events if name == "chunk"]
+    assert seqs == list(range(len(seqs)))
+    assert names[-1] == "done"
+
+
+def test_two_cuts_in_one_answer_still_give_the_exact_answer(resume_server):
+    prompt = "resume me twice [[tokens:300]] [[tps:100]]"
+    full = answers(resume_server.url, prompt)[0]
+    with ChatClient(resume_server.url) as chat:
+        events = recorded(chat)
+        deltas: list[str] = []
+        cuts: list[int] = []
+        for delta in chat.stream(prompt):
+            deltas.append(delta)
+            resumes = [name for name, _ in events].count("resume_ack")
+            # The second cut comes once resumed: the deltas after the resume_ack
+            # are live ones.
+            if len(deltas) >= 10 and len(cuts) == resumes < 2:
+                cut(chat)
+                cuts.append(len(deltas))
+        assert len(cuts) == 2
+        assert "".join(deltas) == full
+        assert chat.last_result["finish_reason"] == "stop"
+        assert [turn["content"] for turn in chat.history] == [prompt, full]
+    assert [d["ok"] for name, d in events if name == "resume_ack"] == [True, True]
+
+
+def test_stop_while_disconnected_cancels_once_resumed(resume_server):
+    prompt = "stop me while away [[tokens:300]] [[tps:100]]"
+    full = answers(resume_server.url, prompt)[0]
+    with ChatClient(resume_server.url) as chat:
+        deltas = []
+        for delta in chat.stream(prompt):
+            deltas.append(delta)
+            if len(deltas) == 5:
+                cut(chat)
+                chat.stop()  # no connection to send it on: it waits for the resume
+        assert chat.last_result["finish_reason"] == "cancelled"
+        text = "".join(deltas)
+        assert full.startswith(text)
+        assert len(text) < len(full)
+        assert chat.history[-1] == {"role": "assistant", "content": text}
+        wait_no_live_streams(resume_server)
+
+
+def test_refused_resume_raises_disconnected_and_keeps_history(tmp_session, upstream):
+    # With no grace at all the server forgets a request as soon as its client drops.
+    env = relay_env(upstream, RESUME_GRACE_SECONDS="0")
+    with own_relay(tmp_session, env) as server, ChatClient(server.url) as chat:
+        events = recorded(chat)
+        chat.ask("a first turn [[tokens:3]]")
+        before = [dict(turn) for turn in chat.history]
+        started = time.monotonic()
+        with pytest.raises(ChatConnectionError) as caught:
+            for n, _ in enumerate(chat.stream("resume refused [[tokens:300]]")):
+                if n == 5:
+                    cut(chat)
+        assert time.monotonic() - started < 10  # not the 30 s resume_timeout
         assert caught.value.code == "disconnected"
         assert caught.value.retryable is True
+        assert "resume_denied" in caught.value.message
+        assert chat.history == before
+        assert [d["ok"] for n, d in events if n == "resume_ack"] == [False]
+        # Reconnected all the same: the client goes on.
+        assert chat.ask("after the refusal [[tokens:3]]")
+        assert len(chat.history) == 4
+
+
+def test_server_gone_for_good_raises_disconnected_within_the_bound(tmp_session):
+    with (
+        own_relay(tmp_session, SLOW_DEMO) as server,
+        ChatClient(server.url, resume_timeout=2) as chat,
+    ):
+        gone = None
+        with pytest.raises(ChatConnectionError) as caught:
+            for _ in chat.stream(PROMPT):
+                if gone is None:
+                    # SIGQUIT: gunicorn's quick shutdown, which drops every
+                    # connection; nothing will answer the reconnection attempts.
+                    server.process.proc.send_signal(signal.SIGQUIT)
+                    gone = time.monotonic()
+        assert 1.5 < time.monotonic() - gone < 5
+        assert caught.value.code == "disconnected"
+        assert caught.value.retryable is True
+        assert "within 2s" in caught.value.message
+        assert chat.history == []
+        assert chat.last_result is None
+
+
+def test_close_during_a_reconnection_ends_the_stream_at_once(tmp_session):
+    with own_relay(tmp_session, SLOW_DEMO) as server:
+        chat = ChatClient(server.url)
+        chat.connect()
+        closing = None
+        with pytest.raises(ChatConnectionError) as caught:
+            for _ in chat.stream(PROMPT):
+                if closing is None:
+                    server.process.proc.send_signal(signal.SIGQUIT)
+                    threading.Timer(0.5, chat.close).start()
+                    closing = time.monotonic() + 0.5
+        assert time.monotonic() - closing < 3  # not the 30 s resume_timeout
+        assert caught.value.code == "disconnected"
         assert chat.history == []
 
 
@@ -294,6 +482,37 @@ def test_out_of_order_and_repeated_chunks_come_out_in_seq_order():
     assert out == ["a", "b", "c", "d"]
     assert answer.feed("done", {"id": "x", "finish_reason": "stop"}) == []
     assert answer.text == "abcd"
+
+
+def test_answer_waits_out_a_drop_and_takes_a_refused_resume_as_disconnected():
+    answer = _Answer()
+    answer.feed("ack", {"ok": True, "id": "x", "resume_token": "t"})
+    answer.feed("chunk", {"id": "x", "seq": 0, "delta": "a"})
+    assert answer.feed("disconnected", {"reason": "transport error"}) == []
+    assert answer.away_since is not None
+    assert answer.feed("chunk", {"id": "x", "seq": 1, "delta": "b"}) == ["b"]
+    assert answer.feed("resume_ack", {"ok": True, "id": "x", "replayed": 1}) == []
+    assert answer.away_since is None
+    answer.feed("disconnected", {"reason": "transport error"})
+    assert answer.feed("error", {"id": "x", "code": "resume_denied"}) == []
+    refusal = {"code": "resume_denied", "message": "no resumable request"}
+    with pytest.raises(ChatConnectionError) as caught:
+        answer.feed("resume_ack", {"ok": False, "error": refusal})
+    assert caught.value.code == "disconnected"
+    assert caught.value.retryable is True
+
+
+@pytest.mark.parametrize(
+    "acked, data",
+    [(False, {"reason": "transport error"}), (True, {"reason": "x", "final": True})],
+)
+def test_answer_cannot_wait_for_a_resume_without_a_token_or_a_reconnection(acked, data):
+    answer = _Answer()
+    if acked:
+        answer.feed("ack", {"ok": True, "id": "x", "resume_token": "t"})
+    with pytest.raises(ChatConnectionError) as caught:
+        answer.feed("disconnected", data)
+    assert caught.value.code == "disconnected"
 
 
 # The command line
@@ -402,6 +621,56 @@ def test_cli_ctrl_c_stops_the_answer(slow_server, demo_server):
     else:
         assert output == full + "\n"
     wait_no_live_streams(slow_server)
+
+
+def cli_through(proxy: Proxy, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "client", "--url", proxy.url, *args],
+        cwd=ROOT,
+        env=CLI_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_cli_json_shows_the_resume_ack_after_a_cut(resume_server):
+    prompt = "cli json resume [[tokens:200]] [[tps:100]]"
+    full = answers(resume_server.url, prompt)[0]
+    with Proxy(resume_server.port) as proxy:
+        proc = cli_through(proxy, "--json", prompt)
+        events = []
+        for line in proc.stdout:
+            events.append(json.loads(line))
+            if [event["event"] for event in events].count("chunk") == 10:
+                proxy.cut()
+        err = proc.stderr.read().decode()
+        assert proc.wait(10) == 0, err
+    names = [event["event"] for event in events]
+    assert names.count("resume_ack") == 1
+    assert next(e for e in events if e["event"] == "resume_ack")["data"]["ok"]
+    chunks = [event["data"] for event in events if event["event"] == "chunk"]
+    assert [chunk["seq"] for chunk in chunks] == list(range(len(chunks)))
+    assert "".join(chunk["delta"] for chunk in chunks) == full
+    assert names[-1] == "done"
+    assert events[-1]["data"]["finish_reason"] == "stop"
+
+
+def test_cli_prints_the_whole_answer_and_a_note_after_a_cut(resume_server):
+    prompt = "cli plain resume [[tokens:200]] [[tps:100]]"
+    full = answers(resume_server.url, prompt)[0]
+    with Proxy(resume_server.port) as proxy:
+        proc = cli_through(proxy, prompt)
+        # os.read: communicate() below reads the pipe itself, past any buffer.
+        first = b""
+        while len(first) < 20:
+            read = os.read(proc.stdout.fileno(), 20)
+            assert read, proc.stderr.read()
+            first += read
+        proxy.cut()
+        rest, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert (first + rest).decode() == full + "\n"
+    assert err.decode() == "[reconnected]\n"  # not a terminal: no dim escape codes
 
 
 def test_cli_ctrl_c_at_the_prompt_exits_130(demo_server):
