@@ -59,6 +59,10 @@ class Config:
     DEMO_TTFT = _float("DEMO_TTFT", 0.4)
     DEMO_TOKENS_PER_SECOND = _float("DEMO_TOKENS_PER_SECOND", 40)
 
+    # While the process is busy, merge a stream's chunks arriving within this window
+    # into one event; 0 turns it off. An idle server never delays a chunk.
+    COALESCE_WINDOW_MS = _float("COALESCE_WINDOW_MS", 25)
+
     # Resume
     RESUME_GRACE_SECONDS = _float("RESUME_GRACE_SECONDS", 30)
 

@@ -23,6 +23,7 @@ from limits.strategies import MovingWindowRateLimiter
 from . import tokens
 from .breaker import CircuitBreaker
 from .cluster import Cluster
+from .coalesce import Coalescer
 from .metrics import Metrics
 from .protocol import ChatRequest, Limits, ProtocolError
 from .providers import Provider, Result, UpstreamError
@@ -69,6 +70,12 @@ class Relay:
         )
         self.cluster = cluster
         self.store = cluster.store if cluster is not None else MemoryStreamStore()
+        self.coalescer = Coalescer(
+            config["COALESCE_WINDOW_MS"] / 1000,
+            socketio.start_background_task,
+            socketio.sleep,
+            self._flush_held,
+        )
         if cluster is not None:
             cluster.handlers["resume"] = self._resume_for_peer
             cluster.handlers["stop"] = self._stop_for_peer
@@ -131,6 +138,7 @@ class Relay:
                 request.id,
             ) from None
         self.metrics.requests.inc()
+        self.coalescer.start()
         self.socketio.start_background_task(self._run, stream)
         return stream
 
@@ -298,14 +306,32 @@ class Relay:
                 return
             if stream.first_token_at is None:
                 self.metrics.ttft.observe(time.monotonic() - stream.started)
-            seq = stream.append(delta)
-            self.metrics.chunks.inc()
-            if stream.sid is not None:
-                self.socketio.emit(
-                    "chunk",
-                    {"id": stream.id, "seq": seq, "delta": delta},
-                    to=stream.sid,
-                )
+            elif self.coalescer.enabled and self.coalescer.busy:
+                # The first chunk always leaves at once; later ones may wait a little.
+                if not stream.pending:
+                    self.coalescer.hold(stream)
+                stream.pending.append(delta)
+                return
+            self._send_frame(stream, delta)
+
+    def _flush_held(self, stream: Stream) -> None:
+        with stream.lock:
+            if stream.pending and not stream.ended:
+                self._send_frame(stream)
+
+    def _send_frame(self, stream: Stream, delta: str = "") -> None:
+        """Send held chunks and ``delta`` as one chunk event (caller holds the lock)."""
+        if stream.pending:
+            delta = "".join(stream.pending) + delta
+            stream.pending.clear()
+            self.metrics.coalesced.inc()
+        seq = stream.append(delta)
+        self.metrics.chunks.inc()
+        self.store.touched(stream)
+        if stream.sid is not None:
+            self._emit(
+                "chunk", {"id": stream.id, "seq": seq, "delta": delta}, stream.sid
+            )
 
     def _finish(
         self, stream: Stream, finish_reason: str, result: Result | None = None
@@ -341,6 +367,8 @@ class Relay:
         with stream.lock:
             if stream.ended:
                 return False
+            if stream.pending:
+                self._send_frame(stream)
             if event == "done":
                 now = time.monotonic()
                 payload["usage"] = _usage(stream, result)

@@ -31,7 +31,10 @@ class Stream:
         self.request = request
         self.messages = messages
         self.token = secrets.token_urlsafe(24)
+        # One entry per chunk event sent: ``seq`` indexes it.
         self.parts: list[str] = []
+        # Text held back by coalescing, sent with the next chunk event.
+        self.pending: list[str] = []
         self.terminal: Event | None = None
         # Set when nobody will read the answer: the generation stops, nothing is sent.
         self.abandoned = False

@@ -217,13 +217,28 @@ def upstream(tmp_session) -> Iterator[Upstream]:
     server.process.stop()
 
 
+SYSTEM_PROMPT = "You are a test assistant."
+
+
+def upstream_text(prompt: str, tokens: int = 30) -> str:
+    """What the test server answers the relay for ``prompt``: its first ``tokens``
+    words, with the relay's system prompt in the conversation."""
+    from .openai_server import build_reply
+
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": prompt},
+    ]
+    return "".join(build_reply(messages, tokens))
+
+
 def relay_env(upstream: Upstream, **extra: str) -> dict[str, str]:
     return {
         "OPENAI_API_KEY": UPSTREAM_KEY,
         "OPENAI_BASE_URL": upstream.base_url,
         "LLM_MODEL": "test-model",
         "LLM_MODELS": "test-model,other-model",
-        "SYSTEM_PROMPT": "You are a test assistant.",
+        "SYSTEM_PROMPT": SYSTEM_PROMPT,
         "UPSTREAM_READ_TIMEOUT": "1.5",
         "UPSTREAM_MAX_RETRIES": "0",
         "RESUME_GRACE_SECONDS": "2",

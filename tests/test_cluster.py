@@ -15,13 +15,7 @@ import pytest
 import redis
 
 from .conftest import ROOT, Recorder, Relay, ServerProcess, free_port, relay_env
-from .openai_server import build_reply
-
-SYSTEM = {"role": "system", "content": "You are a test assistant."}
-
-
-def expected_text(prompt: str, tokens: int = 30) -> str:
-    return "".join(build_reply([SYSTEM, {"role": "user", "content": prompt}], tokens))
+from .conftest import upstream_text as expected_text
 
 
 def binary(name: str) -> str:
@@ -188,7 +182,8 @@ def test_resume_on_another_node_gives_the_exact_answer(nodes):
         assert ack["ok"] is True
         assert other.wait_end("r")[0] == "done"
         resumed = other.chunks("r")
-        assert [c["seq"] for c in resumed] == list(range(after + 1, 120))
+        seqs = [c["seq"] for c in resumed]
+        assert seqs == list(range(after + 1, after + 1 + len(seqs)))
         text = "".join(c["delta"] for c in held + resumed)
         assert text == expected_text(prompt, 120)
     finally:

@@ -9,7 +9,7 @@ import websocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import Recorder
+from .conftest import Recorder, upstream_text
 
 json_values = st.recursive(
     st.none()
@@ -105,7 +105,9 @@ def test_random_payloads_are_answered_and_harm_nobody(relay, connect, bystanders
         name, done = client.wait_end(f"b{n}", timeout=30)
         assert name == "done"
         seqs = [chunk["seq"] for chunk in client.chunks(f"b{n}")]
-        assert seqs == list(range(300))
+        assert seqs == list(range(len(seqs)))
+        prompt = f"bystander {n} [[tokens:300]] [[tps:60]]"
+        assert client.text(f"b{n}") == upstream_text(prompt, 300)
         assert {data["id"] for _, data in client.events} == {f"b{n}"}
     assert relay.health()["status"] == "ok"
 

@@ -5,13 +5,15 @@ import time
 import pytest
 
 from app import create_app, socketio
-from app.providers.demo import compose
+from app.providers.demo import compose, split_tokens
 
 DEMO = {
     "ASYNC_MODE": "threading",
     "LLM_PROVIDER": "demo",
     "DEMO_TTFT": 0.0,
     "DEMO_TOKENS_PER_SECOND": 0.0,
+    # Frames are counted below; coalescing has a test of its own.
+    "COALESCE_WINDOW_MS": 0,
 }
 
 
@@ -261,3 +263,47 @@ def test_empty_assistant_turn_is_accepted(client):
     ]
     ack = client.emit("chat", {"id": "e", "messages": turns}, callback=True)
     assert ack["ok"] is True
+
+
+def coalescing_app(lag: float):
+    """A paced demo app whose coalescer sees a fixed event-loop lag."""
+    app = create_app(
+        {**DEMO, "DEMO_TOKENS_PER_SECOND": 400.0, "COALESCE_WINDOW_MS": 50}
+    )
+    coalescer = app.extensions["relay"].coalescer
+    coalescer._monitor_forever = lambda: None
+    coalescer.lag = lag
+    return app
+
+
+def test_busy_server_coalesces_chunks_without_changing_the_text():
+    # A lag of a second is what a badly overloaded event loop looks like.
+    app = coalescing_app(lag=1.0)
+    client = socketio.test_client(app)
+    events = Events(client)
+    prompt = "Explain coalescing with a table and python code"
+    client.emit("chat", {"id": "c", "message": prompt})
+    name, done = events.until_end("c")
+    assert name == "done"
+    chunks = events.chunks("c")
+    tokens = split_tokens(compose([{"role": "user", "content": prompt}]))
+    assert "".join(c["delta"] for c in chunks) == "".join(tokens)
+    assert [c["seq"] for c in chunks] == list(range(len(chunks)))
+    # The first chunk left alone and at once; the rest were merged.
+    assert chunks[0]["delta"] == tokens[0]
+    assert len(chunks) < len(tokens) / 3
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "chat_coalesced_frames_total 0.0" not in text
+    client.disconnect()
+
+
+def test_idle_server_sends_every_chunk_alone():
+    app = coalescing_app(lag=0.0)
+    client = socketio.test_client(app)
+    events = Events(client)
+    prompt = "Tell me about lighthouses"
+    client.emit("chat", {"id": "i", "message": prompt})
+    assert events.until_end("i")[0] == "done"
+    tokens = split_tokens(compose([{"role": "user", "content": prompt}]))
+    assert [c["delta"] for c in events.chunks("i")] == tokens
+    client.disconnect()
