@@ -220,16 +220,17 @@ def upstream(tmp_session) -> Iterator[Upstream]:
 SYSTEM_PROMPT = "You are a test assistant."
 
 
-def upstream_text(prompt: str, tokens: int = 30) -> str:
-    """What the test server answers the relay for ``prompt``: its first ``tokens``
-    words, with the relay's system prompt in the conversation."""
+def upstream_text(prompt: str, tokens: int = 30, first: int | None = None) -> str:
+    """What the test server answers the relay for ``prompt`` (with the relay's system
+    prompt): a reply of ``tokens`` words, or only its ``first`` words when the stream
+    was cut short."""
     from .openai_server import build_reply
 
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": prompt},
     ]
-    return "".join(build_reply(messages, tokens))
+    return "".join(build_reply(messages, tokens)[:first])
 
 
 def relay_env(upstream: Upstream, **extra: str) -> dict[str, str]:

@@ -261,7 +261,7 @@ def test_no_retry_once_text_was_sent(limited, upstream):
     try:
         assert client.chat("r", "cut me [[close_after:2]]")["ok"]
         assert client.wait_end("r")[1]["code"] == "upstream_unavailable"
-        assert client.text("r") == upstream_text("cut me [[close_after:2]]", 2)
+        assert client.text("r") == upstream_text("cut me [[close_after:2]]", first=2)
     finally:
         client.close()
     tries = [r for r in upstream.requests() if "cut me" in r["messages"][-1]["content"]]

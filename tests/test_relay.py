@@ -155,7 +155,7 @@ def test_upstream_fault_maps_to_its_error_code(
     assert [n for n, _ in client.of("f")].count("error") == 1
     if "_after:" in directive:
         count = int(directive.split(":")[1].rstrip("]"))
-        assert client.text("f") == upstream_text(f"fault {directive}", count)
+        assert client.text("f") == upstream_text(f"fault {directive}", first=count)
         assert_contiguous(client, "f")
     # The connection stays usable after a failed request.
     assert answer(client, "next", "still working?")[0] == "done"
@@ -223,7 +223,7 @@ def test_finish_reason_is_passed_on(relay, connect, prompt, options, finish_reas
     assert name == "done"
     assert done["finish_reason"] == finish_reason
     if options:
-        assert client.text("r") == upstream_text(prompt, 5)
+        assert client.text("r") == upstream_text(prompt, first=5)
 
 
 def test_stalled_upstream_does_not_delay_other_clients(relay, connect):
