@@ -18,7 +18,7 @@ from typing import Any
 from flask_socketio import SocketIO
 from limits import parse as parse_limit
 from limits.storage import MemoryStorage, storage_from_string
-from limits.strategies import MovingWindowRateLimiter
+from limits.strategies import SlidingWindowCounterRateLimiter
 
 from . import tokens
 from .breaker import CircuitBreaker
@@ -60,7 +60,8 @@ class Relay:
         )
         self.rate = parse_limit(f"{config['CHATS_PER_MINUTE']}/minute")
         # With several nodes the allowance is shared through Redis.
-        self.rate_limiter = MovingWindowRateLimiter(
+        # A sliding-window counter: two numbers per user, however many chats.
+        self.rate_limiter = SlidingWindowCounterRateLimiter(
             storage_from_string(config["STREAM_STORE_URL"])
             if cluster is not None
             else MemoryStorage()

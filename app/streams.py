@@ -77,6 +77,9 @@ class MemoryStreamStore:
     def __init__(self) -> None:
         self._by_token: dict[str, Stream] = {}
         self._live: dict[str, dict[str, Stream]] = {}
+        # Per identity, the tokens of its streams still generating: those whose client
+        # is away count too, as they still run upstream.
+        self._running: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def add(self, stream: Stream, limit_per_sid: int, limit_per_identity: int) -> None:
@@ -88,18 +91,12 @@ class MemoryStreamStore:
                 raise LookupError(stream.id)
             if len(live) >= limit_per_sid:
                 raise OverflowError("connection")
-            if self._count_identity(stream.identity) >= limit_per_identity:
+            running = self._running.setdefault(stream.identity, set())
+            if len(running) >= limit_per_identity:
                 raise OverflowError("identity")
             live[stream.id] = stream
+            running.add(stream.token)
             self._by_token[stream.token] = stream
-
-    def _count_identity(self, identity: str) -> int:
-        # Streams whose client is away still count: they still run upstream.
-        return sum(
-            1
-            for stream in self._by_token.values()
-            if stream.identity == identity and not stream.ended
-        )
 
     def live(self, sid: str, request_id: str) -> Stream | None:
         return self._live.get(sid, {}).get(request_id)
@@ -132,6 +129,14 @@ class MemoryStreamStore:
         """A stream ended: it no longer counts as live, but stays resumable."""
         with self._lock:
             self._unindex(stream)
+            self._stop_running(stream)
+
+    def _stop_running(self, stream: Stream) -> None:
+        running = self._running.get(stream.identity)
+        if running is not None:
+            running.discard(stream.token)
+            if not running:
+                del self._running[stream.identity]
 
     def _unindex(self, stream: Stream) -> None:
         live = self._live.get(stream.sid or "")
@@ -154,6 +159,7 @@ class MemoryStreamStore:
     def drop(self, stream: Stream) -> None:
         with self._lock:
             self._unindex(stream)
+            self._stop_running(stream)
             self._by_token.pop(stream.token, None)
 
     def live_streams(self) -> list[Stream]:

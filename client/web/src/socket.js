@@ -10,3 +10,16 @@ export const socket = io({ autoConnect: false });
 export function createSocket() {
   return io({ autoConnect: false, forceNew: true, multiplex: false });
 }
+
+/**
+ * Registers named handlers on a socket; returns the function that removes exactly them.
+ * @param {import('socket.io-client').Socket} target
+ * @param {Record<string, (...args: any[]) => void>} handlers
+ */
+export function listen(target, handlers) {
+  const entries = Object.entries(handlers);
+  for (const [event, handler] of entries) target.on(event, handler);
+  return () => {
+    for (const [event, handler] of entries) target.off(event, handler);
+  };
+}

@@ -3,7 +3,7 @@
 // what it returns as props.
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { createFrameBuffer } from './frameBuffer.js';
-import { socket } from './socket.js';
+import { listen, socket } from './socket.js';
 import {
   applyError,
   applyEvents,
@@ -126,23 +126,20 @@ export function useChat() {
       if (!socket.active) socket.connect();
     }
 
-    socket.on('connect', onConnect);
-    socket.on('disconnect', onDisconnect);
-    socket.on('connect_error', onConnectError);
-    socket.on('chunk', onChunk);
-    socket.on('done', onDone);
-    socket.on('error', onError);
+    const unlisten = listen(socket, {
+      connect: onConnect,
+      disconnect: onDisconnect,
+      connect_error: onConnectError,
+      chunk: onChunk,
+      done: onDone,
+      error: onError,
+    });
     window.addEventListener('offline', onBrowserOffline);
     window.addEventListener('online', onBrowserOnline);
     socket.connect();
 
     return () => {
-      socket.off('connect', onConnect);
-      socket.off('disconnect', onDisconnect);
-      socket.off('connect_error', onConnectError);
-      socket.off('chunk', onChunk);
-      socket.off('done', onDone);
-      socket.off('error', onError);
+      unlisten();
       window.removeEventListener('offline', onBrowserOffline);
       window.removeEventListener('online', onBrowserOnline);
       frames.dispose();

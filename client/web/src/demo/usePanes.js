@@ -4,7 +4,7 @@
 // receives and compares it with the ids it sent: that is the isolation check.
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { createFrameBuffer } from '../frameBuffer.js';
-import { createSocket } from '../socket.js';
+import { createSocket, listen } from '../socket.js';
 import { applyEvents, applyError, assistantMessage, failStreaming } from '../streamState.js';
 import { PROMPTS } from './prompts.js';
 
@@ -128,21 +128,18 @@ export function usePanes(initialCount = 4) {
         push('error', payload);
       }
 
-      socket.on('connect', onConnect);
-      socket.on('disconnect', onDisconnect);
-      socket.on('connect_error', onConnectError);
-      socket.on('chunk', onChunk);
-      socket.on('done', onDone);
-      socket.on('error', onError);
+      const unlisten = listen(socket, {
+        connect: onConnect,
+        disconnect: onDisconnect,
+        connect_error: onConnectError,
+        chunk: onChunk,
+        done: onDone,
+        error: onError,
+      });
       socket.connect();
 
       function close() {
-        socket.off('connect', onConnect);
-        socket.off('disconnect', onDisconnect);
-        socket.off('connect_error', onConnectError);
-        socket.off('chunk', onChunk);
-        socket.off('done', onDone);
-        socket.off('error', onError);
+        unlisten();
         socket.disconnect();
       }
       links.current.set(key, { socket, sentIds, close });
