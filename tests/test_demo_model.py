@@ -71,12 +71,24 @@ def test_max_tokens_cuts_with_finish_length():
 def test_stream_is_paced_by_ttft_and_rate():
     request = ChatRequest(id="a", messages=ask("hi"), model="demo", max_tokens=11)
     started = time.monotonic()
-    generation = DemoProvider(0.2, 50).stream(request, request.messages)
-    next(generation)
-    first = time.monotonic() - started
-    for _ in range(10):
-        next(generation)
+    pieces, result = run(DemoProvider(0.2, 50), request)
     total = time.monotonic() - started
-    # Ten intervals of 20 ms after a 200 ms first token; generous upper bounds.
-    assert 0.19 <= first < 0.6
+    # A 200 ms first token, then ten intervals of 20 ms; a generous upper bound.
     assert 0.39 <= total < 1.2
+    assert "".join(pieces) == "".join(split_tokens(compose(request.messages))[:11])
+    assert result.finish_reason == "length"
+
+
+def test_a_late_wake_up_catches_up_in_one_delta():
+    request = ChatRequest(id="a", messages=ask("hello there"), model="demo")
+    generation = DemoProvider(0, 100).stream(request, request.messages)
+    first = next(generation)
+    # Stall the consumer for ten token intervals, as a busy server would.
+    time.sleep(0.1)
+    caught_up = next(generation)
+    tokens = split_tokens(compose(request.messages))
+    assert first == tokens[0]
+    assert len(caught_up) > len(tokens[1])
+    assert (first + caught_up) == "".join(
+        tokens[: len(split_tokens(first + caught_up))]
+    )

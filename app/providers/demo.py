@@ -145,11 +145,19 @@ class DemoProvider:
             finish_reason = "length"
         # An absolute schedule, so sleeping late once does not slow every later token.
         start = time.monotonic() + self.ttft
-        for index, piece in enumerate(pieces):
+        index = 0
+        while index < len(pieces):
             delay = start + index * self.interval - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            yield piece
+            due = index + 1
+            if self.interval:
+                # Woken late (a busy server): every token due by now leaves as one
+                # delta, as a real upstream's bytes would arrive together.
+                elapsed = time.monotonic() - start
+                due = max(due, min(len(pieces), int(elapsed / self.interval) + 1))
+            yield "".join(pieces[index:due])
+            index = due
         prompt_tokens = tokens.count_messages(messages)
         completion_tokens = tokens.count_text("".join(pieces))
         return Result(
