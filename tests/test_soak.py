@@ -83,17 +83,22 @@ class User:
                 self.check(False, f"{request_id} refused: {ack}")
                 break
             received: dict[int, str] = {}
-            cut_at = self.rng.randint(1, max(1, len(expected) - 1))
+            # Act once this much of the text has arrived (chunks may carry several
+            # tokens when the server coalesces, so count characters).
+            cut_at = self.rng.randint(1, max(1, len("".join(expected)) - 1))
+            acted = False
             end = None
             while end is None:
                 name, data = await self.next_event(events, request_id)
                 if name == "chunk":
                     self.check(data["seq"] not in received, f"dup seq {data['seq']}")
                     received[data["seq"]] = data["delta"]
-                    if len(received) == cut_at and action == "stop":
+                    due = not acted and sum(map(len, received.values())) >= cut_at
+                    if due and action == "stop":
+                        acted = True
                         self.stopped.add(request_id)
                         await sio.emit("stop", {"id": request_id})
-                    elif len(received) == cut_at and action in ("resume", "abandon"):
+                    elif due and action in ("resume", "abandon"):
                         break
                 else:
                     end = (name, data)
