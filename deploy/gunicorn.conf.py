@@ -10,11 +10,13 @@ import signal
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
 workers = 1
+# Open connections one worker accepts (gunicorn's default of 1000 refuses the rest).
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
 if os.environ.get("ASYNC_MODE", "eventlet") == "eventlet":
     worker_class = "eventlet"
-    worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
 else:
     worker_class = "gthread"
+    # A WebSocket holds its thread for as long as it is open.
     threads = int(os.environ.get("THREADS", "200"))
 # Streams are long-lived; the worker heartbeat, not the request, is what timeout bounds.
 timeout = 60

@@ -1,0 +1,1 @@
+"""Benchmarks of the relay: added latency, capacity, and reference peers."""

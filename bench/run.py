@@ -1,0 +1,221 @@
+"""The whole benchmark in one command: added latency, capacity, idle memory.
+
+    python -m bench                 # everything (about 20 min on 2 cores)
+    python -m bench --quick         # about a minute: proves the harness works
+    python -m bench --targets relay-eventlet,fastapi-sse --coalesce-ms 0,50
+
+Writes bench/results/bench-<time>.json (and latest.json), a chart (bench.png) and
+the README's tables (table.md), and prints one ``name: figure`` line per figure.
+A relay target with ``--coalesce-ms`` N > 0 runs again as its own series
+``<target>+coalesce<N>ms`` with ``COALESCE_WINDOW_MS=N`` in its environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import capacity, latency
+from .servers import ROOT, TARGETS, Upstream, target_name, unwind_on_signals
+
+RESULTS = ROOT / "bench" / "results"
+QUICK_LATENCY_TARGETS = ["relay-eventlet"]
+QUICK_CAPACITY_TARGETS = ["relay-eventlet", "fastapi-sse"]
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        total_kb = int(f.readline().split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(total_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "packages": _versions(
+            "flask-socketio", "python-socketio", "python-engineio", "eventlet"
+        )
+        | _versions("gunicorn", "openai", "uvicorn", "fastapi", "websockets"),
+        "git": _git_head(),
+    }
+
+
+def _versions(*names: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
+def _git_head() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def series(targets: list[str], coalesce: list[int]) -> list[str]:
+    """Each target, and each relay target again per coalescing window."""
+    names = []
+    for target in targets:
+        for window in coalesce:
+            if window and not target.startswith("relay"):
+                continue
+            names.append(target_name(target, window))
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    unwind_on_signals()
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="about a minute")
+    parser.add_argument("--targets", help=f"comma-separated, of {', '.join(TARGETS)}")
+    parser.add_argument(
+        "--coalesce-ms",
+        default="0",
+        help="COALESCE_WINDOW_MS values for the relay, each its own series",
+    )
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-capacity", action="store_true")
+    parser.add_argument("--levels", help="capacity levels, e.g. 100,250,500")
+    parser.add_argument("--processes", type=int, help="load-generator processes")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = parser.parse_args(argv)
+
+    lat_config = latency.QUICK_LATENCY if args.quick else latency.LatencyConfig()
+    cap_config = capacity.QUICK_CAPACITY if args.quick else capacity.CapacityConfig()
+    if args.levels:
+        cap_config.levels = tuple(int(n) for n in args.levels.split(","))
+    if args.processes:
+        lat_config.processes = cap_config.processes = args.processes
+    coalesce = [int(v) for v in args.coalesce_ms.split(",")]
+    if args.targets:
+        lat_targets = cap_targets = args.targets.split(",")
+    elif args.quick:
+        lat_targets, cap_targets = QUICK_LATENCY_TARGETS, QUICK_CAPACITY_TARGETS
+    else:
+        lat_targets = cap_targets = list(TARGETS)
+    for name in lat_targets + cap_targets:
+        if name not in TARGETS:
+            parser.error(f"unknown target {name!r}")
+
+    started = time.time()
+    results: dict[str, Any] = {
+        "meta": {
+            "machine": machine(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "command": " ".join(["python -m bench", *(argv or sys.argv[1:])]),
+            "quick": args.quick,
+            "latency_config": vars(lat_config),
+            "capacity_config": vars(cap_config),
+            "coalesce_ms": coalesce,
+        },
+        "latency": {},
+        "capacity": {},
+    }
+
+    def log(line: str) -> None:
+        print(f"[{time.time() - started:6.0f} s] {line}", file=sys.stderr, flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "partial.json"
+
+    def keep() -> None:  # what is done so far survives a crash or an interrupt
+        partial.write_text(json.dumps(results, indent=1))
+
+    upstream = Upstream(lat_config.ttft, lat_config.tps, lat_config.tokens)
+    try:
+        if not args.skip_latency:
+            for target in series(lat_targets, coalesce):
+                log(f"latency: {target}")
+                results["latency"][target] = latency.measure_target(
+                    target, upstream, lat_config, log
+                )
+                keep()
+        if not args.skip_capacity:
+            for target in series(cap_targets, coalesce):
+                log(f"capacity: {target}")
+                results["capacity"][target] = capacity.measure_target(
+                    target, upstream, cap_config, log
+                )
+                keep()
+    finally:
+        upstream.stop()
+    results["meta"]["duration_s"] = round(time.time() - started, 1)
+    results["invalid"] = invalid_runs(results)
+
+    partial.unlink(missing_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    text = json.dumps(results, indent=1)
+    (args.out / f"bench-{stamp}.json").write_text(text)
+    (args.out / "latest.json").write_text(text)
+    from .report import chart, tables
+
+    chart(results, args.out / "bench.png")
+    (args.out / "table.md").write_text(tables(results))
+    print_figures(results)
+    log(f"wrote {args.out / 'latest.json'}, bench.png and table.md")
+    return 0
+
+
+def invalid_runs(results: dict[str, Any]) -> list[str]:
+    """Every run whose figures were not used, and why."""
+    found = []
+    for target, result in results["latency"].items():
+        for mode in ("sustained", "burst"):
+            for index, run in enumerate(result[mode]["runs"]):
+                if run["invalid"]:
+                    reasons = "; ".join(run["invalid"])
+                    found.append(f"latency {target} {mode} #{index}: {reasons}")
+    for target, result in results["capacity"].items():
+        levels = list(result["levels"])
+        if "upstream_variant" in result:
+            levels.append({**result["upstream_variant"], "via": "upstream"})
+        for level in levels:
+            if level.get("error"):
+                found.append(f"capacity {target} {level['streams']}: {level['error']}")
+            elif level.get("invalid"):
+                via = " via upstream" if level.get("via") else ""
+                reasons = "; ".join(level["invalid"])
+                found.append(f"capacity {target}{via} {level['streams']}: {reasons}")
+    return found
+
+
+def print_figures(results: dict[str, Any]) -> None:
+    for result in results["latency"].values():
+        latency.print_figures(result)
+    for result in results["capacity"].values():
+        capacity.print_figures(result)
+    print(f"invalid_runs: {len(results['invalid'])}")
+    print(f"duration_s: {results['meta']['duration_s']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

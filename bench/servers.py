@@ -1,0 +1,237 @@
+"""The processes under test: the upstream test server, the relay and the peers.
+
+Every server listens on 127.0.0.1 on a free port and logs to bench/results/logs/.
+``Server.worker`` is the process that does the work (gunicorn's single worker, or
+the server itself), whose CPU and memory the benchmark reads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .procstat import children
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / "bench" / "results" / "logs"
+UPSTREAM_KEY = "sk-bench-not-a-secret"
+
+
+def unwind_on_signals() -> None:
+    """Make SIGINT and SIGTERM raise, so ``finally`` stops every server started.
+
+    (A background job starts with SIGINT ignored, and SIGTERM kills at once.)"""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        port: int,
+        health: str,
+        gunicorn: bool,
+    ):
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"{name}-{port}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115  (closed in stop)
+        self.proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_http(self.url + health)
+        self.worker = self._find_worker() if gunicorn else self.proc.pid
+
+    def _wait_http(self, url: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not answer {url}:\n{self.log_text()}")
+
+    def _find_worker(self) -> int:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            found = children(self.proc.pid)
+            if len(found) == 1:
+                return found[0]
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name}: no single gunicorn worker found")
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # A gunicorn worker outlives a killed master for a while; it must not
+        # share the machine with the next measurement.
+        if self.worker != self.proc.pid:
+            _end(self.worker)
+        self._log.close()
+
+
+def _end(pid: int) -> None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"gunicorn" not in f.read():
+                return  # gone, and its number taken by another process
+    except OSError:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if not os.path.exists(f"/proc/{pid}") or _zombie(pid):
+                return
+            time.sleep(0.1)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+class Upstream(Server):
+    """``tests/openai_server.py``: the OpenAI-compatible streaming test server."""
+
+    def __init__(self, ttft: float, tps: float, reply_tokens: int):
+        port = free_port()
+        args = [sys.executable, "-m", "tests.openai_server", "--port", str(port)]
+        args += ["--ttft", str(ttft), "--tps", str(tps)]
+        args += ["--reply-tokens", str(reply_tokens), "--api-key", UPSTREAM_KEY]
+        super().__init__("upstream", args, {}, port, "/v1/models", gunicorn=False)
+        self.base_url = self.url + "/v1"
+
+
+# The relay and the peers, each as the process that runs it. ``demo`` pacing is
+# given by DEMO_TTFT / DEMO_TOKENS_PER_SECOND; without it they call the upstream.
+TARGETS = {
+    "relay-eventlet": {"kind": "sio", "server": "relay", "async_mode": "eventlet"},
+    "relay-threading": {"kind": "sio", "server": "relay", "async_mode": "threading"},
+    "fastapi-sse": {"kind": "sse", "server": "uvicorn", "app": "fastapi_sse"},
+    "flask-stream": {"kind": "sse", "server": "gthread", "app": "flask_stream"},
+    "naive-sio": {"kind": "sio", "server": "eventlet", "app": "naive_socketio"},
+}
+
+
+def target_name(base: str, coalesce_ms: int) -> str:
+    return base if not coalesce_ms else f"{base}+coalesce{coalesce_ms}ms"
+
+
+def parse_target(name: str) -> tuple[str, int]:
+    match = re.fullmatch(r"(.+?)(?:\+coalesce(\d+)ms)?", name)
+    assert match, name
+    return match.group(1), int(match.group(2) or 0)
+
+
+def start_target(
+    name: str,
+    *,
+    upstream: Upstream | None,
+    demo: tuple[float, float] | None,
+    connections: int,
+) -> Server:
+    """Start a target in front of ``upstream``, or on its paced demo source.
+
+    ``connections`` sizes the thread pools of thread-per-connection servers.
+    """
+    base, coalesce_ms = parse_target(name)
+    spec = TARGETS[base]
+    port = free_port()
+    threads = str(max(200, connections + 64))
+    env = {"HOST": "127.0.0.1", "PORT": str(port), "THREADS": threads}
+    if demo is not None:
+        env |= {
+            "LLM_PROVIDER": "demo",
+            "DEMO_TTFT": str(demo[0]),
+            "DEMO_TOKENS_PER_SECOND": str(demo[1]),
+        }
+    else:
+        assert upstream is not None
+        env |= {
+            "LLM_PROVIDER": "openai",
+            "OPENAI_BASE_URL": upstream.base_url,
+            "OPENAI_API_KEY": UPSTREAM_KEY,
+            "LLM_MODEL": "test-model",
+            "UPSTREAM_MAX_RETRIES": "0",
+        }
+    gunicorn = [sys.executable, "-m", "gunicorn"]
+    if spec["server"] == "relay":
+        env |= {
+            "ASYNC_MODE": spec["async_mode"],
+            "COALESCE_WINDOW_MS": str(coalesce_ms),
+            "SYSTEM_PROMPT": "",
+            "WORKER_CONNECTIONS": str(max(10000, connections + 100)),
+            # Each client has its own address (loadgen.source_address), so the
+            # per-user limits apply per client; this only keeps a fast quick-mode
+            # client under the per-minute cap.
+            "CHATS_PER_MINUTE": "600",
+        }
+        if spec["async_mode"] == "threading":
+            # deploy/gunicorn.conf.py sizes only eventlet's worker_connections;
+            # gthread's default (1000) would refuse connections past it.
+            env["GUNICORN_CMD_ARGS"] = f"--worker-connections {connections + 100}"
+        args = gunicorn + ["-c", "deploy/gunicorn.conf.py", "wsgi:app"]
+        health = "/healthz"
+    elif spec["server"] == "uvicorn":
+        args = [sys.executable, "-m", "uvicorn", f"bench.peers.{spec['app']}:app"]
+        args += ["--host", "127.0.0.1", "--port", str(port)]
+        args += ["--log-level", "warning", "--no-access-log"]
+        args += ["--backlog", "4096"]
+        health = "/healthz"
+    else:
+        worker = ["-k", "gthread", "--threads", threads]
+        if spec["server"] == "eventlet":
+            worker = ["-k", "eventlet", "--worker-connections", "10000"]
+        args = gunicorn + ["-w", "1", *worker, "-b", f"127.0.0.1:{port}"]
+        args += ["--timeout", "60", "--backlog", "4096"]
+        args += [f"bench.peers.{spec['app']}:app"]
+        health = "/healthz"
+    return Server(name, args, env, port, health, gunicorn=spec["server"] != "uvicorn")
