@@ -372,6 +372,9 @@ class Relay:
                 self._send_frame(stream)
             if event == "done":
                 now = time.monotonic()
+                # So a client whose library may hand it events out of order knows
+                # how many chunks to wait for.
+                payload["chunks"] = len(stream.parts)
                 payload["usage"] = _usage(stream, result)
                 payload["timing"] = {
                     "ttft_ms": _ms(stream.first_token_at, stream.started),

@@ -99,6 +99,11 @@ class _Request:
             self.held += 1
 
 
+def _chunks(done: dict[str, Any]) -> int:
+    count = done.get("chunks")
+    return count if isinstance(count, int) else 0
+
+
 class _Answer:
     """Puts one request's events in order; ``feed`` returns the text now ready."""
 
@@ -108,6 +113,9 @@ class _Answer:
         self.early: dict[int, str] = {}  # chunks that overtook a missing seq
         self.acked = False
         self.result: dict[str, Any] | None = None
+        # A done that overtook some of its chunks: python-socketio runs each event's
+        # handler on a thread of its own, so events may be handled out of order.
+        self.done_early: dict[str, Any] | None = None
         # While the connection is down: when it dropped (monotonic), until a resume.
         self.away_since: float | None = None
 
@@ -124,6 +132,10 @@ class _Answer:
                 ready.append(self.early.pop(self.next_seq))
                 self.next_seq += 1
             self.parts += ready
+            if self.done_early is not None and self.next_seq >= _chunks(
+                self.done_early
+            ):
+                self.result, self.done_early = self.done_early, None
             return ready
         if event == "ack":
             if not data.get("ok"):
@@ -157,11 +169,10 @@ class _Answer:
                     bool(data.get("retryable", False)),
                 )
         elif event == "done":
-            # The protocol has no gaps; should one appear, keep the text anyway.
-            ready = [self.early.pop(seq) for seq in sorted(self.early)]
-            self.parts += ready
+            if self.next_seq < _chunks(data):
+                self.done_early = data  # finished once the missing chunks are in
+                return []
             self.result = data
-            return ready
         elif event == "disconnected":
             # Without the ack there is no resume token: nothing to resume with.
             if data.get("final") or not self.acked:

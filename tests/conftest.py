@@ -178,8 +178,18 @@ class Recorder:
                 raise AssertionError(f"timed out; events so far: {self.events[-5:]}")
 
     def wait_end(self, request_id: str, timeout: float = 15) -> tuple[str, Any]:
-        """Wait for the request's terminal event and return it."""
-        self.wait(lambda r: r.terminal(request_id) is not None, timeout)
+        """Wait for the request's terminal event, and for every chunk it counts
+        (python-socketio hands each event to a thread of its own, so a ``done`` can
+        be handled before the last chunks); return the terminal event."""
+
+        def ended(recorder: "Recorder") -> bool:
+            end = recorder.terminal(request_id)
+            if end is None:
+                return False
+            seqs = {chunk["seq"] for chunk in recorder.chunks(request_id)}
+            return end[0] != "done" or len(seqs) >= end[1].get("chunks", 0)
+
+        self.wait(ended, timeout)
         return self.terminal(request_id)
 
     def terminal(self, request_id: str) -> tuple[str, Any] | None:
@@ -187,7 +197,9 @@ class Recorder:
         return ends[0] if ends else None
 
     def chunks(self, request_id: str) -> list[dict[str, Any]]:
-        return [d for n, d in self.of(request_id) if n == "chunk"]
+        """The request's chunks in ``seq`` order (handlers may run out of order)."""
+        chunks = [d for n, d in self.of(request_id) if n == "chunk"]
+        return sorted(chunks, key=lambda chunk: chunk["seq"])
 
     def text(self, request_id: str) -> str:
         return "".join(c["delta"] for c in self.chunks(request_id))

@@ -85,6 +85,7 @@ def test_chat_streams_the_answer_then_done(client):
     expected = compose([{"role": "user", "content": "Tell me about gardens"}])
     assert "".join(c["delta"] for c in chunks) == expected
     assert done["finish_reason"] == "stop"
+    assert done["chunks"] == len(chunks)
     assert done["model"] == "demo"
     assert done["usage"]["estimated"] is False
     assert done["usage"]["total_tokens"] == (
