@@ -60,8 +60,9 @@ class Config:
     DEMO_TOKENS_PER_SECOND = _float("DEMO_TOKENS_PER_SECOND", 40)
 
     # While the process is busy, merge a stream's chunks arriving within this window
-    # into one event; 0 turns it off. An idle server never delays a chunk.
-    COALESCE_WINDOW_MS = _float("COALESCE_WINDOW_MS", 25)
+    # into one event; 0 (the default until it measures better) turns it off. An idle
+    # server never delays a chunk.
+    COALESCE_WINDOW_MS = _float("COALESCE_WINDOW_MS", 0)
 
     # Resume
     RESUME_GRACE_SECONDS = _float("RESUME_GRACE_SECONDS", 30)
