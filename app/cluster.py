@@ -72,7 +72,26 @@ class ClusterStreamStore(MemoryStreamStore):
 
     def add(self, stream: Stream, limit_per_sid: int, limit_per_identity: int) -> None:
         super().add(stream, limit_per_sid, limit_per_identity)
+        # Written now, not at the next flush: a client whose connection drops at
+        # once may resume on another node, which must find the stream's owner.
+        try:
+            key = _key(stream.token)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(key, mapping=self._meta(stream))
+            pipe.expire(key, LIVE_TTL_SECONDS)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("registering a stream in Redis failed: %s", exc)
         self.touched(stream)
+
+    def _meta(self, stream: Stream) -> dict[str, str]:
+        return {
+            "id": stream.id,
+            "node": self.node,
+            "sid": stream.sid or "",
+            "identity": stream.identity,
+            "terminal": json.dumps(stream.terminal) if stream.terminal else "",
+        }
 
     def attach(self, stream: Stream, sid: str) -> None:
         old_sid = stream.sid
@@ -120,13 +139,7 @@ class ClusterStreamStore(MemoryStreamStore):
             with stream.lock:
                 parts = stream.parts[self._mirrored.get(token, 0) :]
                 count = len(stream.parts)
-                meta = {
-                    "id": stream.id,
-                    "node": self.node,
-                    "sid": stream.sid or "",
-                    "identity": stream.identity,
-                    "terminal": json.dumps(stream.terminal) if stream.terminal else "",
-                }
+                meta = self._meta(stream)
                 ended = stream.ended
             key = _key(token)
             ttl = int(self.grace) + 1 if ended else LIVE_TTL_SECONDS

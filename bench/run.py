@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import capacity, latency
+from . import capacity, cluster, latency
 from .servers import ROOT, TARGETS, Upstream, target_name, unwind_on_signals
 
 RESULTS = ROOT / "bench" / "results"
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                     target, upstream, cap_config, log
                 )
                 keep()
+        if not (args.quick or args.skip_capacity or args.targets):
+            results["cluster"] = cluster.run(cluster.ClusterConfig(), log)
     finally:
         upstream.stop()
     results["meta"]["duration_s"] = round(time.time() - started, 1)

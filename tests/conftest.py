@@ -149,6 +149,7 @@ class Recorder:
         self, url: str, client_options: dict[str, Any] | None = None, **connect: Any
     ):
         self.events: list[tuple[str, Any]] = []
+        self.resumed_after: dict[str, int] = {}
         self._changed = threading.Condition()
         self.sio = socketio.Client(reconnection=False, **(client_options or {}))
         for name in ("chunk", "done", "error"):
@@ -164,7 +165,11 @@ class Recorder:
         return record
 
     def call(self, event: str, data: Any = None, timeout: float = 10) -> Any:
-        return self.sio.call(event, data, timeout=timeout)
+        ack = self.sio.call(event, data, timeout=timeout)
+        if event == "resume" and isinstance(ack, dict) and ack.get("ok"):
+            # This connection holds nothing up to ``after``: it was sent elsewhere.
+            self.resumed_after[data["id"]] = data["after"]
+        return ack
 
     def chat(self, request_id: str, prompt: str, **fields: Any) -> Any:
         return self.call("chat", {"id": request_id, "message": prompt, **fields})
@@ -187,7 +192,10 @@ class Recorder:
             if end is None:
                 return False
             seqs = {chunk["seq"] for chunk in recorder.chunks(request_id)}
-            return end[0] != "done" or len(seqs) >= end[1].get("chunks", 0)
+            expected = end[1].get("chunks", 0) - recorder.resumed_after.get(
+                request_id, -1
+            )
+            return end[0] != "done" or len(seqs) >= expected - 1
 
         self.wait(ended, timeout)
         return self.terminal(request_id)
