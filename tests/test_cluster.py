@@ -329,7 +329,10 @@ def test_service_recovers_after_redis_restarts(redis_server, nodes, nginx):
             ack = other.call(
                 "resume", {"id": "x", "token": token, "after": held[-1]["seq"]}
             )
-            end = other.wait_end("x")[0] if ack["ok"] else None
+            try:
+                end = other.wait_end("x", timeout=5)[0] if ack["ok"] else None
+            except AssertionError:
+                end = None  # chunks lost while a node was resubscribing: again
             text = "".join(c["delta"] for c in held + other.chunks("x"))
         finally:
             other.close()
