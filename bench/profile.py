@@ -59,12 +59,16 @@ def summarise_raw(raw: str, top: int = 20) -> dict[str, list[tuple[str, float]]]
     return {"samples": total, "own": shares(own), "inclusive": shares(inclusive)}
 
 
+# The repository's own files are named relative to it.
+_ROOT = Path(__file__).resolve().parent.parent
+
+
 def _name(frame: str) -> str:
     match = _FRAME.match(frame.strip())
     if not match:
         return frame.strip()
     path = match.group("file")
-    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+    for marker in ("site-packages/", f"{_ROOT}/", "lib/python3"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break
