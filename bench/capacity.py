@@ -32,12 +32,12 @@ from .common import (
     DEMO_PROMPT,
     Watched,
     expected_text,
-    figures,
+    level_figures,
     run_phase,
     upstream_prompt,
 )
 from .loadgen import Generators, Job
-from .procstat import median, status_kb
+from .procstat import status_kb
 from .servers import (
     TARGETS,
     Upstream,
@@ -193,22 +193,13 @@ def run_level(
         )
     finally:
         server.stop()
-    parts = [figures(part) for part in phase["parts"]]
-    level: dict[str, Any] = {"streams": streams, "source": source}
-    for key in (
-        "delivered_fraction",
-        "lateness_p50_ms",
-        "lateness_p99_ms",
-        "ttft_p50_ms",
-        "ttft_p99_ms",
-        "events_per_stream",
-    ):
-        level[key] = median(p[key] for p in parts)
-    pooled = figures(phase)
-    level["pooled"] = pooled
-    level["parts"] = parts
-    level["streams_measured"] = pooled["streams"]
-    level["streams_complete"] = pooled["complete"]
+    level: dict[str, Any] = {
+        "streams": streams,
+        "source": source,
+        **level_figures(phase),
+    }
+    level["streams_measured"] = level["pooled"]["streams"]
+    level["streams_complete"] = level["pooled"]["complete"]
     # Each stream is idle for its TTFT before its tokens flow at the rate.
     level["tokens_per_s_offered"] = round(
         streams * config.tokens / config.stream_seconds, 1

@@ -43,9 +43,9 @@ from typing import Any
 
 from . import capacity
 from .capacity import CapacityConfig
-from .common import DEMO_PROMPT, expected_text, figures, invalid_reasons
+from .common import DEMO_PROMPT, expected_text, invalid_reasons, level_figures
 from .loadgen import Generators, Job, SioClient, StreamRecord, _main, _summarise, merge
-from .procstat import CpuMeter, cpu_seconds, median, percentile
+from .procstat import CpuMeter, cpu_seconds, percentile
 from .servers import LOGS, ROOT, Server, free_port, unwind_on_signals
 
 RESULTS = ROOT / "bench" / "results"
@@ -260,19 +260,11 @@ def run_level(nodes: int, streams: int, config: CapacityConfig) -> dict[str, Any
     known += sum(c or 0 for c in cpu["generators"])
     cpu["other"] = round(max(cpu["machine"] - known, 0.0), 3)
     invalid = invalid_reasons(phase)
-    parts = [figures(part) for part in phase["parts"]]
-    level: dict[str, Any] = {"nodes": nodes, "streams": streams}
-    for key in (
-        "delivered_fraction",
-        "lateness_p50_ms",
-        "lateness_p99_ms",
-        "ttft_p50_ms",
-        "ttft_p99_ms",
-        "events_per_stream",
-    ):
-        level[key] = median(p[key] for p in parts)
-    level["pooled"] = figures(phase)
-    level["parts"] = parts
+    level: dict[str, Any] = {
+        "nodes": nodes,
+        "streams": streams,
+        **level_figures(phase),
+    }
     level["finishes"] = phase["finishes"]
     level["connect_failures"] = phase["connect_failures"]
     level["connect_errors"] = phase["connect_errors"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .loadgen import Generators, Job, merge
-from .procstat import CpuMeter, percentile, status_kb
+from .procstat import CpuMeter, median, percentile, status_kb
 
 # A process using this much of a core over the window was saturated.
 SATURATED_CORES = 0.9
@@ -162,6 +162,29 @@ def figures(phase: dict[str, Any]) -> dict[str, Any]:
         "lateness_p50_ms": _ms(percentile(phase["lateness"], 50)),
         "lateness_p99_ms": _ms(percentile(phase["lateness"], 99)),
     }
+
+
+# The figures a capacity level reports as the median over the phase's parts.
+_LEVEL_FIGURES = (
+    "delivered_fraction",
+    "lateness_p50_ms",
+    "lateness_p99_ms",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "events_per_stream",
+)
+
+
+def level_figures(phase: dict[str, Any]) -> dict[str, Any]:
+    """A capacity level's figures: medians over its parts, the pooled figures, and
+    the parts themselves."""
+    parts = [figures(part) for part in phase["parts"]]
+    level: dict[str, Any] = {
+        key: median(p[key] for p in parts) for key in _LEVEL_FIGURES
+    }
+    level["pooled"] = figures(phase)
+    level["parts"] = parts
+    return level
 
 
 def strip_samples(phase: dict[str, Any], keep: int = 0) -> dict[str, Any]:
