@@ -121,11 +121,7 @@ class Relay:
         try:
             self.store.add(stream, self.max_per_connection, self.max_per_identity)
         except LookupError:
-            raise ProtocolError(
-                "invalid_request",
-                f"id: {request.id!r} is already live on this connection",
-                request.id,
-            ) from None
+            raise _already_live(request.id) from None
         except OverflowError as full:
             where, cap = (
                 ("this connection", self.max_per_connection)
@@ -203,11 +199,7 @@ class Relay:
             try:
                 self.store.attach(stream, sid)
             except LookupError:
-                raise ProtocolError(
-                    "invalid_request",
-                    f"id: {request_id!r} is already live on this connection",
-                    request_id,
-                ) from None
+                raise _already_live(request_id) from None
             missing = stream.chunks_after(after)
             for chunk in missing:
                 self._emit("chunk", chunk, sid)
@@ -515,6 +507,14 @@ def _may_resume(identity: str, owner: str) -> bool:
     # An anonymous client's address may change between connections (a phone moving
     # networks); the token alone decides. An authenticated one must be the same user.
     return identity.startswith("addr:") or identity == owner
+
+
+def _already_live(request_id: str) -> ProtocolError:
+    return ProtocolError(
+        "invalid_request",
+        f"id: {request_id!r} is already live on this connection",
+        request_id,
+    )
 
 
 def _denied(request_id: str) -> ProtocolError:
