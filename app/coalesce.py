@@ -1,19 +1,28 @@
-"""Adaptive chunk coalescing: while the process is busy, a stream's chunks that arrive
-within a short window leave as one event, so a loaded server sends fewer, larger frames
-instead of falling behind. A lightly loaded server sends every chunk at once.
+"""Adaptive chunk coalescing: while the process is busy, each stream sends at most one
+chunk event per window, and text that arrives sooner leaves with the next one. A
+busy server then sends fewer, larger frames instead of falling behind; a lightly
+loaded one sends every chunk the moment it arrives.
 
-Busy means the event loop (or the thread scheduler) wakes tasks late: a monitor sleeps
-a few milliseconds at a time and keeps a moving average of how late it wakes.
+Busy means the process used more than ``BUSY_CPU`` of a core over the last half
+second, or wakes its tasks late (a monitor that sleeps a few milliseconds at a time
+keeps a moving average of how late it wakes). It stays busy for ``HOLD_BUSY``
+seconds after the last sign of load: coalescing lowers the load that switched it on,
+and flapping on and off would let the stream fall behind each time it is off.
 """
 
+import heapq
+import itertools
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-_TICK = 0.01
-# Average wake-up lateness above which the process counts as busy.
-_BUSY_LAG = 0.002
+# How often held chunks are checked for being due, and load is sampled.
+TICK = 0.005
+BUSY_CPU = 0.5
+BUSY_LAG = 0.002
+HOLD_BUSY = 2.0
+_CPU_PERIOD = 0.5
 
 
 class Coalescer:
@@ -26,11 +35,14 @@ class Coalescer:
     ):
         self.window = window
         self.lag = 0.0
+        self.cpu = 0.0
+        self._busy_until = 0.0
         self._start_task = start_task
         self._sleep = sleep
         self._flush = flush
-        # Streams holding chunks, with when each must be sent at the latest.
-        self._due: dict[Any, float] = {}
+        # (when due, tie-breaker, stream) for every stream holding chunks back.
+        self._due: list[tuple[float, int, Any]] = []
+        self._order = itertools.count()
         self._lock = threading.Lock()
         self._started = False
 
@@ -40,33 +52,38 @@ class Coalescer:
 
     @property
     def busy(self) -> bool:
-        return self.lag > _BUSY_LAG
+        return time.monotonic() < self._busy_until
+
+    def current_window(self) -> float:
+        """The window in force now: the configured one while busy, else 0."""
+        return self.window if self.enabled and self.busy else 0.0
 
     def start(self) -> None:
         if self.enabled and not self._started:
             self._started = True
-            self._start_task(self._monitor_forever)
-            self._start_task(self._flush_forever)
+            self._start_task(self._run_forever)
 
-    def hold(self, stream: Any) -> None:
-        """``stream`` has chunks held back; send them within the window."""
+    def hold(self, stream: Any, due: float) -> None:
+        """``stream`` holds chunks back: flush it at ``due`` (monotonic)."""
         with self._lock:
-            self._due.setdefault(stream, time.monotonic() + self.window)
+            heapq.heappush(self._due, (due, next(self._order), stream))
 
-    def _monitor_forever(self) -> None:
+    def _run_forever(self) -> None:
+        cpu_at, cpu_used = time.monotonic(), time.process_time()
         while True:
             before = time.monotonic()
-            self._sleep(_TICK)
-            late = max(time.monotonic() - before - _TICK, 0.0)
-            self.lag = 0.8 * self.lag + 0.2 * late
-
-    def _flush_forever(self) -> None:
-        while True:
-            self._sleep(self.window / 2)
+            self._sleep(TICK)
             now = time.monotonic()
+            self.lag = 0.8 * self.lag + 0.2 * max(now - before - TICK, 0.0)
+            if now - cpu_at >= _CPU_PERIOD:
+                used = time.process_time()
+                self.cpu = (used - cpu_used) / (now - cpu_at)
+                cpu_at, cpu_used = now, used
+            if self.cpu > BUSY_CPU or self.lag > BUSY_LAG:
+                self._busy_until = now + HOLD_BUSY
+            due = []
             with self._lock:
-                due = [s for s, deadline in self._due.items() if deadline <= now]
-                for stream in due:
-                    del self._due[stream]
+                while self._due and self._due[0][0] <= now + TICK / 2:
+                    due.append(heapq.heappop(self._due)[2])
             for stream in due:
                 self._flush(stream)

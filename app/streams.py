@@ -40,6 +40,8 @@ class Stream:
         self.abandoned = False
         self.started = time.monotonic()
         self.first_token_at: float | None = None
+        # When the last chunk event left (monotonic): coalescing spaces them out.
+        self.last_frame_at = 0.0
         # While away: when to give up on the client; once ended: when to forget.
         self.expires_at: float | None = None
         # Held while deciding and sending each event, so that events leave in order

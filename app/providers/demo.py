@@ -9,7 +9,7 @@ import hashlib
 import random
 import re
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 from .. import tokens
 from ..protocol import ChatRequest
@@ -134,6 +134,16 @@ class DemoProvider:
     def __init__(self, ttft: float, tokens_per_second: float):
         self.ttft = ttft
         self.interval = 1 / tokens_per_second if tokens_per_second > 0 else 0.0
+        self._window: Callable[[], float] = lambda: 0.0
+
+    def pace_with(self, window: Callable[[], float]) -> None:
+        """Wake at most once per ``window()`` seconds: the relay's coalescing window.
+
+        While the relay coalesces, it sends a stream at most one event per window;
+        waking for every token would only spend the CPU it is short of. The tokens
+        that came due meanwhile leave as one delta, as a real upstream's bytes
+        arrive together when a busy relay reads them late."""
+        self._window = window
 
     def stream(
         self, request: ChatRequest, messages: list[dict[str, str]]
@@ -145,21 +155,24 @@ class DemoProvider:
             finish_reason = "length"
         # An absolute schedule, so sleeping late once does not slow every later token.
         start = time.monotonic() + self.ttft
+        woke = 0.0
         index = 0
         while index < len(pieces):
-            delay = start + index * self.interval - time.monotonic()
+            wake = max(start + index * self.interval, woke + self._window())
+            delay = wake - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            woke = time.monotonic()
             due = index + 1
             if self.interval:
-                # Woken late (a busy server): every token due by now leaves as one
-                # delta, as a real upstream's bytes would arrive together.
-                elapsed = time.monotonic() - start
-                due = max(due, min(len(pieces), int(elapsed / self.interval) + 1))
+                # Every token due by now leaves as one delta.
+                came_due = int((woke - start) / self.interval) + 1
+                due = max(due, min(len(pieces), came_due))
             yield "".join(pieces[index:due])
             index = due
+        # The demo model's tokens are its pieces: max_tokens counts them too.
         prompt_tokens = tokens.count_messages(messages)
-        completion_tokens = tokens.count_text("".join(pieces))
+        completion_tokens = len(pieces)
         return Result(
             finish_reason=finish_reason,
             model=MODEL,

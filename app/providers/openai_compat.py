@@ -18,6 +18,7 @@ from .base import Result, UpstreamError, Usage
 log = logging.getLogger(__name__)
 
 _KNOWN_FINISH = {"stop", "length", "content_filter", "tool_calls"}
+_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 # Keys of OpenAI ("sk-…"), Azure and most proxies look like long opaque tokens.
 _SECRET = re.compile(r"(sk-[\w\-*.]{4,}|Bearer\s+\S+)")
 
@@ -133,34 +134,44 @@ class OpenAIProvider:
             kwargs["max_tokens"] = request.max_tokens
 
         try:
-            stream = self.client().chat.completions.create(**kwargs)
+            # The package's documented way to post any request: the same auth,
+            # timeouts, status errors and SSE decoding as ``chat.completions.create``,
+            # but each chunk stays the JSON object it arrived as. Building the typed
+            # ``ChatCompletionChunk`` cost ~95 µs a chunk, ten times the rest.
+            stream = self.client().post(
+                "/chat/completions",
+                body=kwargs,
+                cast_to=object,
+                stream=True,
+                stream_cls=openai.Stream[object],
+            )
         except openai.OpenAIError as exc:
             raise self._error(exc, streaming=False) from None
 
         model = request.model
         finish_reason: str | None = None
         usage: Usage | None = None
-        # Closing the stream, also when the caller closes this generator early, ends the
-        # upstream HTTP response: that is what stops generation and billing.
         with stream:
             try:
                 for chunk in stream:
-                    model = chunk.model or model
-                    if chunk.usage is not None:
-                        usage = Usage(
-                            chunk.usage.prompt_tokens,
-                            chunk.usage.completion_tokens,
-                            chunk.usage.total_tokens,
-                        )
-                    # Some servers send chunks whose choices are empty or null.
-                    for choice in chunk.choices or ():
-                        if choice.index != 0:
+                    if not isinstance(chunk, dict):
+                        continue
+                    model = _text(chunk.get("model")) or model
+                    usage = _usage(chunk.get("usage")) or usage
+                    for choice in chunk.get("choices") or ():
+                        if not isinstance(choice, dict) or choice.get("index", 0):
                             continue
-                        delta = choice.delta
-                        if delta is not None and delta.content:
-                            yield delta.content
-                        if choice.finish_reason:
-                            finish_reason = choice.finish_reason
+                        delta = choice.get("delta")
+                        content = (
+                            _text(delta.get("content"))
+                            if isinstance(delta, dict)
+                            else ""
+                        )
+                        if content:
+                            yield content
+                        finish_reason = _text(choice.get("finish_reason")) or (
+                            finish_reason
+                        )
             except openai.OpenAIError as exc:
                 raise self._error(exc, streaming=True) from None
 
@@ -171,6 +182,19 @@ class OpenAIProvider:
                 log.info("unknown finish_reason %r reported as stop", finish_reason)
             finish_reason = "stop"
         return Result(finish_reason=finish_reason, model=model, usage=usage)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _usage(value: Any) -> Usage | None:
+    if not isinstance(value, dict):
+        return None
+    counts = [value.get(key) for key in _USAGE_KEYS]
+    if not all(isinstance(count, int) for count in counts):
+        return None
+    return Usage(*counts)
 
 
 def _upstream_message(exc: openai.APIError) -> str:
