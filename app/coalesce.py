@@ -37,6 +37,7 @@ class Coalescer:
         self.lag = 0.0
         self.cpu = 0.0
         self._busy_until = 0.0
+        self._cpu_at, self._cpu_used = time.monotonic(), time.process_time()
         self._start_task = start_task
         self._sleep = sleep
         self._flush = flush
@@ -69,21 +70,24 @@ class Coalescer:
             heapq.heappush(self._due, (due, next(self._order), stream))
 
     def _run_forever(self) -> None:
-        cpu_at, cpu_used = time.monotonic(), time.process_time()
         while True:
             before = time.monotonic()
             self._sleep(TICK)
             now = time.monotonic()
-            self.lag = 0.8 * self.lag + 0.2 * max(now - before - TICK, 0.0)
-            if now - cpu_at >= _CPU_PERIOD:
-                used = time.process_time()
-                self.cpu = (used - cpu_used) / (now - cpu_at)
-                cpu_at, cpu_used = now, used
-            if self.cpu > BUSY_CPU or self.lag > BUSY_LAG:
-                self._busy_until = now + HOLD_BUSY
+            self._measure(now - before - TICK, now)
             due = []
             with self._lock:
                 while self._due and self._due[0][0] <= now + TICK / 2:
                     due.append(heapq.heappop(self._due)[2])
             for stream in due:
                 self._flush(stream)
+
+    def _measure(self, late: float, now: float) -> None:
+        """Update the load figures with one tick's lateness; renew busy if loaded."""
+        self.lag = 0.8 * self.lag + 0.2 * max(late, 0.0)
+        if now - self._cpu_at >= _CPU_PERIOD:
+            used = time.process_time()
+            self.cpu = (used - self._cpu_used) / (now - self._cpu_at)
+            self._cpu_at, self._cpu_used = now, used
+        if self.cpu > BUSY_CPU or self.lag > BUSY_LAG:
+            self._busy_until = now + HOLD_BUSY

@@ -48,6 +48,17 @@ class Metrics:
             "Generations cancelled because their client did not come back",
             registry=self.registry,
         )
+        self.loop_lag = Gauge(
+            "chat_loop_lag_seconds",
+            "How late the server wakes its tasks (moving average; measured while "
+            "coalescing is configured)",
+            registry=self.registry,
+        )
+        self.coalescing = Gauge(
+            "chat_coalescing",
+            "1 while the server is busy and coalesces chunks, else 0",
+            registry=self.registry,
+        )
         self.resumes = Counter(
             "chat_resumes", "Successful resumes", registry=self.registry
         )

@@ -93,6 +93,10 @@ class Relay:
         self.metrics = Metrics()
         self.metrics.connections.set_function(lambda: len(self.identities))
         self.metrics.active_streams.set_function(self.live_count)
+        self.metrics.loop_lag.set_function(lambda: self.coalescer.lag)
+        self.metrics.coalescing.set_function(
+            lambda: float(self.coalescer.current_window() > 0)
+        )
         self.accepting = True
         self._reaper_started = False
         self._reaper_lock = threading.Lock()
@@ -330,9 +334,10 @@ class Relay:
     def _send_frame(self, stream: Stream, delta: str = "") -> None:
         """Send held chunks and ``delta`` as one chunk event (caller holds the lock)."""
         if stream.pending:
+            if len(stream.pending) > 1 or delta:
+                self.metrics.coalesced.inc()
             delta = "".join(stream.pending) + delta
             stream.pending.clear()
-            self.metrics.coalesced.inc()
         seq = stream.append(delta)
         stream.last_frame_at = time.monotonic()
         self.metrics.chunks.inc()

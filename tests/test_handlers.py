@@ -266,51 +266,77 @@ def test_empty_assistant_turn_is_accepted(client):
     assert ack["ok"] is True
 
 
-def coalescing_app(lag: float):
-    """A paced demo app whose coalescer sees a fixed event-loop lag."""
+def coalescing_app(busy: bool, demo_paced: bool = False):
+    """A demo app at 400 tokens/s whose coalescer is held busy, or idle.
+
+    Unless ``demo_paced``, the demo model wakes for every token, as if the relay did
+    not pace it: then only the relay's own coalescing can merge chunks."""
     app = create_app(
         {**DEMO, "DEMO_TOKENS_PER_SECOND": 400.0, "COALESCE_WINDOW_MS": 50}
     )
-    coalescer = app.extensions["relay"].coalescer
-    coalescer._monitor_forever = lambda: None
-    coalescer.lag = lag
+    relay = app.extensions["relay"]
+    coalescer = relay.coalescer
+    coalescer._measure = lambda late, now: None
+    coalescer._busy_until = float("inf") if busy else 0.0
+    if not demo_paced:
+        relay.provider.pace_with(lambda: 0.0)
     return app
 
 
-def test_busy_server_coalesces_chunks_without_changing_the_text():
-    # A lag of a second is what a badly overloaded event loop looks like.
-    app = coalescing_app(lag=1.0)
+def stream_events(app, request_id: str, prompt: str) -> list[dict]:
     client = socketio.test_client(app)
     events = Events(client)
-    prompt = "Explain coalescing with a table and python code"
-    client.emit("chat", {"id": "c", "message": prompt})
-    name, done = events.until_end("c")
+    client.emit("chat", {"id": request_id, "message": prompt})
+    name, done = events.until_end(request_id)
     assert name == "done"
-    chunks = events.chunks("c")
+    client.disconnect()
+    chunks = events.chunks(request_id)
+    assert [c["seq"] for c in chunks] == list(range(len(chunks)))
+    assert done["chunks"] == len(chunks)
+    return chunks
+
+
+def metrics_text(app) -> str:
+    return app.test_client().get("/metrics").get_data(as_text=True)
+
+
+def test_busy_server_coalesces_chunks_without_changing_the_text():
+    app = coalescing_app(busy=True)
+    prompt = "Explain coalescing with a table and python code"
+    chunks = stream_events(app, "c", prompt)
     tokens = split_tokens(compose([{"role": "user", "content": prompt}]))
     assert "".join(c["delta"] for c in chunks) == "".join(tokens)
-    assert [c["seq"] for c in chunks] == list(range(len(chunks)))
-    # The first chunk left alone and at once; the rest were merged.
+    # The first chunk left alone and at once; the rest were merged, a window's
+    # worth (50 ms, 20 tokens at 400 tokens/s) at a time.
     assert chunks[0]["delta"] == tokens[0]
-    assert len(chunks) < len(tokens) / 3
-    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert len(chunks) < len(tokens) / 5
+    text = metrics_text(app)
     assert "chat_coalesced_frames_total 0.0" not in text
-    client.disconnect()
+    assert "chat_coalescing 1.0" in text
+
+
+def test_busy_server_paces_the_demo_model_once_per_window():
+    # The demo model wakes once per window and merges its own tokens: the relay
+    # then has nothing left to merge, and sends each delta as it comes.
+    app = coalescing_app(busy=True, demo_paced=True)
+    prompt = "Explain pacing with a table and python code"
+    chunks = stream_events(app, "p", prompt)
+    tokens = split_tokens(compose([{"role": "user", "content": prompt}]))
+    assert "".join(c["delta"] for c in chunks) == "".join(tokens)
+    assert chunks[0]["delta"] == tokens[0]
+    assert len(chunks) < len(tokens) / 5
+    assert "chat_coalesced_frames_total 0.0" in metrics_text(app)
 
 
 def test_idle_server_holds_nothing_back():
-    app = coalescing_app(lag=0.0)
-    client = socketio.test_client(app)
-    events = Events(client)
+    app = coalescing_app(busy=False, demo_paced=True)
     prompt = "Tell me about lighthouses"
-    client.emit("chat", {"id": "i", "message": prompt})
-    assert events.until_end("i")[0] == "done"
-    chunks = events.chunks("i")
+    chunks = stream_events(app, "i", prompt)
     assert "".join(c["delta"] for c in chunks) == compose(
         [{"role": "user", "content": prompt}]
     )
     # (The demo model itself may merge tokens when woken late; the relay did not.)
-    text = app.test_client().get("/metrics").get_data(as_text=True)
+    text = metrics_text(app)
     assert "chat_coalesced_frames_total 0.0" in text
+    assert "chat_coalescing 0.0" in text
     assert f"chat_chunks_sent_total {float(len(chunks))}" in text
-    client.disconnect()
