@@ -33,8 +33,19 @@ RETRYABLE_CODES = frozenset(
 _POLL_SECONDS = 1.0
 
 # Refusals of a ``resume`` come as an error event and then the negative ack; the ack
-# says it (as ``disconnected``), so the error event does not end the request.
+# says it (as ``disconnected``, or ``lost_chunks`` for a gap), so the error event does
+# not end the request.
 _RESUME_REFUSALS = frozenset({"resume_denied", "invalid_request"})
+
+# How long a hole in ``seq`` may last before the client asks for the missing chunks
+# again. python-socketio runs each event's handler on a thread of its own, so a chunk
+# may overtake the one before it by a moment; a hole that outlasts this was lost on the
+# way (with several nodes, Redis pub/sub drops what it carries while Redis restarts).
+GAP_SECONDS = 1.0
+
+# Resumes sent for one hole before giving up: one usually fills it; more cover a
+# replay lost too, or refused while the server's Redis is still coming back.
+GAP_RESUMES = 3
 
 EventCallback = Callable[[str, dict[str, Any]], None]
 
@@ -43,8 +54,9 @@ class ChatError(Exception):
     """A request that failed: ``code``, ``message`` and ``retryable``.
 
     ``code`` is one of the server's error codes, the code of a refused connection
-    (``unauthorized``), or ``timeout``, ``connection_failed`` or ``disconnected``
-    for failures seen by the client.
+    (``unauthorized``), or ``timeout``, ``connection_failed``, ``disconnected`` or
+    ``lost_chunks`` (chunks that never arrived and could not be fetched again) for
+    failures seen by the client.
     """
 
     def __init__(self, code: str, message: str, retryable: bool = False) -> None:
@@ -58,6 +70,14 @@ class ChatError(Exception):
 
 class ChatConnectionError(ChatError, ConnectionError):
     """The server cannot be reached, or the connection dropped mid-request."""
+
+
+class _GapPersists(ChatError):
+    """Raised by the wait for the next event when a hole in ``seq`` outlasts its
+    bound: the stream then asks for the missing chunks again."""
+
+    def __init__(self) -> None:
+        super().__init__("lost_chunks", "a chunk is missing", retryable=True)
 
 
 def _reason(exc: Exception) -> str:
@@ -118,8 +138,38 @@ class _Answer:
         self.done_early: dict[str, Any] | None = None
         # While the connection is down: when it dropped (monotonic), until a resume.
         self.away_since: float | None = None
+        # While a seq is missing (chunks held past it, or a done waiting for it): when
+        # the hole was seen or last asked for again (monotonic), and how many resumes
+        # were sent for it.
+        self.gap_since: float | None = None
+        self.gap_resumes = 0
 
     def feed(self, event: str, data: dict[str, Any]) -> list[str]:
+        try:
+            return self._feed(event, data)
+        finally:
+            self._note_gap()
+
+    def _note_gap(self) -> None:
+        if not (self.early or self.done_early):
+            self.gap_since, self.gap_resumes = None, 0
+        elif self.gap_since is None:
+            self.gap_since = time.monotonic()
+
+    def gap_resume_sent(self) -> None:
+        """A resume went out for the current hole: give it the bound again."""
+        self.gap_resumes += 1
+        self.gap_since = time.monotonic()
+
+    def lost(self, reason: str) -> ChatError:
+        return ChatError(
+            "lost_chunks",
+            f"chunk {self.next_seq} of the answer never arrived and could not be "
+            f"fetched again ({reason}); retry",
+            retryable=True,
+        )
+
+    def _feed(self, event: str, data: dict[str, Any]) -> list[str]:
         if event == "chunk":
             seq, delta = data.get("seq"), data.get("delta")
             if not isinstance(seq, int) or not isinstance(delta, str):
@@ -157,11 +207,25 @@ class _Answer:
                     retryable=True,
                 )
             self.away_since = None
+            if self.gap_since is not None:
+                # The resume fills any hole too: it starts the bound afresh.
+                self.gap_since, self.gap_resumes = time.monotonic(), 0
+        elif event == "gap_resume_ack":
+            error = data.get("error") or {}
+            # A refusal is final; other failures (the server's Redis still away) are
+            # tried again, within GAP_RESUMES. Once the hole is filled, nothing to do.
+            if (
+                not data.get("ok")
+                and self.gap_since is not None
+                and error.get("code") in _RESUME_REFUSALS
+            ):
+                raise self.lost(f"{error.get('code')}: {error.get('message')}")
         elif event == "error":
             code = data.get("code")
             # unknown_id answers a stop that crossed the done; the request is fine.
-            # A refused resume is said again by its negative ack, as disconnected.
-            refused = self.away_since is not None and code in _RESUME_REFUSALS
+            # A refused resume is said again by its negative ack.
+            resuming = self.away_since is not None or self.gap_resumes > 0
+            refused = resuming and code in _RESUME_REFUSALS
             if code != "unknown_id" and not refused:
                 raise ChatError(
                     str(data.get("code", "internal")),
@@ -222,8 +286,9 @@ class ChatClient:
         the server keeps an answer for ``RESUME_GRACE_SECONDS`` (30 s by default).
 
         ``on_event(name, payload)`` sees every event of this client's requests as
-        it is consumed: ``ack``, ``chunk``, ``done``, ``error``, ``stop_ack`` and,
-        after a reconnection, ``resume_ack``.
+        it is consumed: ``ack``, ``chunk``, ``done``, ``error``, ``stop_ack``,
+        after a reconnection ``resume_ack``, and after a resume sent to fill a hole
+        in ``seq`` (see ``GAP_SECONDS``) ``gap_resume_ack``.
         """
         self.url = url
         self.model = model
@@ -345,7 +410,9 @@ class ChatClient:
         raises ``ChatError("disconnected")`` only when that fails for
         ``resume_timeout`` seconds, the server refuses the resume (its window
         passed), or the connection dropped before the server acknowledged the
-        request.
+        request. Likewise a chunk lost on a live connection (several nodes, Redis
+        restarting) is asked for again with ``resume`` after ``GAP_SECONDS``; when
+        that fails the stream raises ``ChatError("lost_chunks")``, retryable.
         """
         if self._live is not None:
             raise RuntimeError("this client is already streaming an answer")
@@ -372,7 +439,11 @@ class ChatClient:
         try:
             self._emit("chat", payload, partial(self._dispatch, "ack", request=request))
             while answer.result is None:
-                event, data = self._next_event(request, *self._bound(answer))
+                try:
+                    event, data = self._next_event(request, *self._bound(answer))
+                except _GapPersists:
+                    self._fill_gap(request, answer)
+                    continue
                 try:
                     ready = answer.feed(event, data)
                 except ChatError:
@@ -389,8 +460,12 @@ class ChatClient:
             self._request_stop(request)
             self._drain(request, answer, lambda: answer.result is not None)
             raise
-        except ChatError:
-            raise  # the server (or the connection) has already ended it
+        except ChatError as exc:
+            if exc.code == "lost_chunks":
+                # The client gave up, not the server, which may still be generating
+                # what nobody will read.
+                self._request_stop(request)
+            raise  # otherwise the server (or the connection) has already ended it
         except BaseException:
             # A KeyboardInterrupt or a failing on_event leaves the request running.
             self._request_stop(request)
@@ -452,6 +527,8 @@ class ChatClient:
                 f"{self.resume_timeout:g}s",
                 retryable=True,
             )
+        if answer.gap_since is not None:
+            return answer.gap_since + GAP_SECONDS, _GapPersists()
         if not (answer.acked or answer.parts or answer.early):
             # Until the server answers at all, a lost request must not hang us;
             # after that the server's own upstream timeouts bound the wait.
@@ -461,6 +538,27 @@ class ChatClient:
                 retryable=True,
             )
         return None, None
+
+    def _fill_gap(self, request: _Request, answer: _Answer) -> None:
+        """Ask again, on this connection, for the chunks after the last contiguous
+        one; the server replays them (and the end, if it came); duplicates drop."""
+        if answer.gap_resumes >= GAP_RESUMES:
+            raise answer.lost(
+                f"still missing after {GAP_RESUMES} resumes of {GAP_SECONDS:g}s each"
+            )
+        with request.lock:
+            token, after = request.token, request.held - 1
+        answer.gap_resume_sent()
+        # Without the ack's token there is nothing to resume with yet: the attempt
+        # counts all the same, so a lost ack cannot make the stream wait forever.
+        if token is not None:
+            # Disconnected: the reconnection's own resume fills the hole.
+            with contextlib.suppress(ChatError):
+                self._emit(
+                    "resume",
+                    {"id": request.id, "token": token, "after": after},
+                    partial(self._dispatch, "gap_resume_ack", request=request),
+                )
 
     def _next_event(
         self,

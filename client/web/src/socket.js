@@ -23,3 +23,23 @@ export function listen(target, handlers) {
     for (const [event, handler] of entries) target.off(event, handler);
   };
 }
+
+/**
+ * Sends `resume` for answers with a hole in seq, on the connection they stream on; the
+ * server replays every chunk after `after` there (duplicates are dropped by seq).
+ * `onNegative(id, error)` hears a negative ack; a missing one is left to the next try.
+ * @param {import('socket.io-client').Socket} target
+ * @param {{id: string, token: string, after: number}[]} resumes
+ * @param {(id: string, error: {code?: string, message?: string} | undefined) => void} onNegative
+ */
+export function resumeGaps(target, resumes, onNegative, ackTimeoutMs = 10_000) {
+  for (const request of resumes) {
+    target
+      .timeout(ackTimeoutMs)
+      .emitWithAck('resume', request)
+      .then((ack) => {
+        if (!(ack && ack.ok)) onNegative(request.id, ack && ack.error);
+      })
+      .catch(() => {});
+  }
+}

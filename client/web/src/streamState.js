@@ -7,6 +7,9 @@
 //   status   'streaming' | 'done' | 'error'
 //   nextSeq  the seq of the next chunk to append
 //   pending  {[seq]: delta} for chunks that arrived ahead of a gap
+//   doneEarly  a `done` that came before all the chunks it counts; applied once they are in
+//   gapSince, gapResumes  while a seq is missing: when the hole was seen (or last asked
+//            for again) in ms, and how many `resume`s went out for it (see noteGaps)
 //   done     the server's `done` payload, once finished
 //   error    {code, message, retryable}, once failed
 //   resumeToken  from the `chat` ack: lets a new connection pick the stream up again
@@ -41,6 +44,25 @@ function liveIndex(messages, id) {
   return index;
 }
 
+// How long a hole in `seq` may last before the page asks for the missing chunks again
+// with `resume` on its current connection. One connection delivers in order, so a hole
+// means chunks lost on the way (with several nodes, Redis pub/sub drops what it carries
+// while Redis restarts); waiting a moment lets a replay already under way fill it first.
+export const GAP_MS = 1000;
+// Resumes sent for one hole before giving up: one usually fills it; more cover a replay
+// lost too, or refused while the server's Redis is still coming back.
+export const GAP_RESUMES = 3;
+
+// A negative `resume` ack says these again after their error event: while the page's
+// own resume for a hole is out, that event does not end the answer (the ack does).
+const RESUME_REFUSALS = new Set(['resume_denied', 'invalid_request']);
+
+// What an answer no longer needs once it has ended.
+function settled(message) {
+  const { doneEarly, gapSince, gapResumes, ...rest } = message;
+  return rest;
+}
+
 /** Append a chunk in seq order; early chunks wait in `pending`, duplicates and strays are dropped. */
 export function applyChunk(messages, payload) {
   const { id, seq, delta } = payload || {};
@@ -62,11 +84,17 @@ export function applyChunk(messages, payload) {
       nextSeq += 1;
     }
   }
+  const { doneEarly } = message;
+  if (doneEarly && nextSeq >= doneEarly.chunks) {
+    // The chunks a `done` that came first was waiting for are all in.
+    const finished = { ...settled(message), content, nextSeq, pending, status: 'done', done: doneEarly };
+    return replaceAt(messages, index, finished);
+  }
   return replaceAt(messages, index, { ...message, content, nextSeq, pending });
 }
 
 // Chunks still waiting behind a gap when the request ends are appended in seq order:
-// showing them beats losing them, and the server promises no gaps anyway.
+// showing them beats losing them. (A `done` that counts chunks waits for them instead.)
 function drainPending(message) {
   const seqs = Object.keys(message.pending)
     .map(Number)
@@ -76,13 +104,19 @@ function drainPending(message) {
   return { content, pending: {} };
 }
 
-/** Mark a live request finished with the server's `done` payload. */
+/**
+ * Mark a live request finished with the server's `done` payload; a `done` that counts
+ * chunks not all here yet waits for them (see noteGaps).
+ */
 export function applyDone(messages, payload) {
   const index = liveIndex(messages, payload && payload.id);
   if (index < 0) return messages;
   const message = messages[index];
+  if (Number.isInteger(payload.chunks) && message.nextSeq < payload.chunks) {
+    return replaceAt(messages, index, { ...message, doneEarly: payload });
+  }
   return replaceAt(messages, index, {
-    ...message,
+    ...settled(message),
     ...drainPending(message),
     status: 'done',
     done: payload,
@@ -95,8 +129,9 @@ export function applyError(messages, payload) {
   if (index < 0) return messages;
   const message = messages[index];
   const { code = 'internal', message: text = 'Unknown error', retryable = false } = payload;
+  if (message.gapResumes > 0 && RESUME_REFUSALS.has(code)) return messages;
   return replaceAt(messages, index, {
-    ...message,
+    ...settled(message),
     ...drainPending(message),
     status: 'error',
     error: { code, message: text, retryable },
@@ -164,6 +199,91 @@ export function markResumed(messages, id) {
   return replaceAt(messages, index, { ...messages[index], resuming: false });
 }
 
+function hasGap(message) {
+  return Boolean(message.doneEarly) || Object.keys(message.pending).length > 0;
+}
+
+/**
+ * Open or close each live answer's gap episode as of `now` (ms): an answer with a hole
+ * in seq (chunks held past a missing one, or a `done` waiting for one) gets `gapSince`
+ * and `gapResumes`; once whole it loses them. An answer resuming after a reconnection
+ * has no episode: that resume fills any hole, and one starts afresh after it.
+ */
+export function noteGaps(messages, now) {
+  let next = messages;
+  messages.forEach((message, index) => {
+    if (message.role !== 'assistant' || message.status !== 'streaming') return;
+    const open = hasGap(message) && !message.resuming;
+    if (open && message.gapSince === undefined) {
+      next = replaceAt(next, index, { ...message, gapSince: now, gapResumes: 0 });
+    } else if (!open && message.gapSince !== undefined) {
+      const { gapSince, gapResumes, ...rest } = message;
+      next = replaceAt(next, index, rest);
+    }
+  });
+  return next;
+}
+
+/** When (ms) the first hole is due to be asked for again, or null when there is none. */
+export function nextGapDue(messages) {
+  let due = null;
+  for (const message of messages) {
+    if (message.status === 'streaming' && message.gapSince !== undefined && !message.resuming) {
+      const at = message.gapSince + GAP_MS;
+      if (due === null || at < due) due = at;
+    }
+  }
+  return due;
+}
+
+/** The error an answer ends with when its hole cannot be filled; retrying asks afresh. */
+export function lostChunks(message, reason) {
+  return {
+    code: 'lost_chunks',
+    message:
+      `Part of the answer (from chunk ${message.nextSeq}) never arrived ` +
+      `and could not be fetched again (${reason}).`,
+    retryable: true,
+  };
+}
+
+/**
+ * The holes due at `now`: returns the `resume` requests to send ({id, token, after: the
+ * last contiguous seq}) and the messages with those noted, or failed with `lost_chunks`
+ * when their hole has had GAP_RESUMES resumes already. Without the `chat` ack's token an
+ * answer cannot resume yet; the try counts all the same, so a lost ack cannot stall it.
+ */
+export function takeDueGaps(messages, now) {
+  let next = messages;
+  const resumes = [];
+  messages.forEach((message, index) => {
+    if (message.status !== 'streaming' || message.gapSince === undefined || message.resuming) return;
+    if (now < message.gapSince + GAP_MS) return;
+    if (message.gapResumes >= GAP_RESUMES) {
+      const reason = `still missing after ${GAP_RESUMES} resumes, ${GAP_MS / 1000} s apart`;
+      next = applyError(next, { id: message.id, ...lostChunks(message, reason) });
+      return;
+    }
+    next = replaceAt(next, index, { ...message, gapSince: now, gapResumes: message.gapResumes + 1 });
+    if (message.resumeToken) {
+      resumes.push({ id: message.id, token: message.resumeToken, after: message.nextSeq - 1 });
+    }
+  });
+  return { messages: next, resumes };
+}
+
+/**
+ * A negative ack to a resume sent for a hole: a refusal means the answer cannot be
+ * completed; a failure to answer (the server's Redis away?) is left to the next try.
+ */
+export function failGap(messages, id, error) {
+  const index = liveIndex(messages, id);
+  if (index < 0 || messages[index].gapSince === undefined || !RESUME_REFUSALS.has(error?.code)) {
+    return messages;
+  }
+  return applyError(messages, { id, ...lostChunks(messages[index], `${error.code}: ${error.message}`) });
+}
+
 export function isStreaming(messages) {
   return messages.some((m) => m.role === 'assistant' && m.status === 'streaming');
 }
@@ -224,7 +344,7 @@ const FINISH_WORDS = {
 // What survives a reload: the turns, finished metadata, and for an answer still
 // streaming its text so far, next seq and resume token, to pick it up again.
 export function toStored(messages) {
-  return messages.map(({ pending, resuming, ...rest }) => {
+  return messages.map(({ pending, resuming, doneEarly, gapSince, gapResumes, ...rest }) => {
     if (rest.status === 'streaming') return rest;
     const { resumeToken, nextSeq, ...finished } = rest;
     return finished;

@@ -7,13 +7,19 @@ import {
   applyEvents,
   assistantMessage,
   dropLastAnswer,
+  failGap,
   failStreaming,
   fromStored,
+  GAP_MS,
+  GAP_RESUMES,
   historyOf,
   markResumed,
+  nextGapDue,
+  noteGaps,
   resumeRequests,
   setResumeToken,
   suspendStreaming,
+  takeDueGaps,
   toStored,
   userMessage,
 } from './streamState.js';
@@ -199,6 +205,137 @@ describe('a dropped connection', () => {
     const m = applyDone(started(), DONE);
     expect(setResumeToken(m, 'a1', 'tok')).toBe(m);
     expect(setResumeToken(started(), 'a1', '')[1].resumeToken).toBeUndefined();
+  });
+});
+
+describe('a hole in seq (chunks lost on the way)', () => {
+  // An answer with its token, holding chunk 0 and chunk 2: chunk 1 is missing.
+  function holed(now = 0) {
+    const m = setResumeToken(applyEvents(started(), [chunk(0, 'a'), chunk(2, 'c')]), 'a1', 'tok');
+    return noteGaps(m, now);
+  }
+
+  test('a done that counts chunks not yet here waits for them, then finishes', () => {
+    const done = { ...DONE, chunks: 3 };
+    let m = applyEvents(started(), [chunk(0, 'a'), chunk(2, 'c'), { type: 'done', payload: done }]);
+    expect(m[1]).toMatchObject({ status: 'streaming', content: 'a', doneEarly: done });
+    m = applyChunk(m, { id: 'a1', seq: 1, delta: 'b' });
+    expect(m[1]).toMatchObject({ status: 'done', content: 'abc', done });
+    expect(m[1].doneEarly).toBeUndefined();
+  });
+
+  test('a done waiting for its last chunk is a hole too', () => {
+    const done = { ...DONE, chunks: 2 };
+    const m = noteGaps(applyEvents(started(), [chunk(0, 'a'), { type: 'done', payload: done }]), 5);
+    expect(m[1]).toMatchObject({ status: 'streaming', gapSince: 5, gapResumes: 0 });
+    expect(nextGapDue(m)).toBe(5 + GAP_MS);
+  });
+
+  test('noteGaps opens an episode when a seq is missing and closes it once filled', () => {
+    const m = holed(1000);
+    expect(m[1]).toMatchObject({ gapSince: 1000, gapResumes: 0 });
+    // The same hole later: nothing changes, its bound does not move.
+    expect(noteGaps(m, 1500)).toBe(m);
+    const filled = noteGaps(applyChunk(m, { id: 'a1', seq: 1, delta: 'b' }), 1600);
+    expect(filled[1].content).toBe('abc');
+    expect(filled[1].gapSince).toBeUndefined();
+    expect(nextGapDue(filled)).toBeNull();
+    expect(noteGaps(started(), 1)).toEqual(started());
+  });
+
+  test('a hole that lasts GAP_MS is asked for again from the last contiguous seq', () => {
+    const m = holed(0);
+    const early = takeDueGaps(m, GAP_MS - 1);
+    expect(early.resumes).toEqual([]);
+    expect(early.messages).toBe(m);
+    const due = takeDueGaps(m, GAP_MS);
+    expect(due.resumes).toEqual([{ id: 'a1', token: 'tok', after: 0 }]);
+    expect(due.messages[1]).toMatchObject({ status: 'streaming', gapSince: GAP_MS, gapResumes: 1 });
+    expect(nextGapDue(due.messages)).toBe(2 * GAP_MS);
+  });
+
+  test('the replay fills the hole, repeating nothing', () => {
+    const { messages } = takeDueGaps(holed(0), GAP_MS);
+    const replayed = noteGaps(applyEvents(messages, [chunk(1, 'b'), chunk(2, 'c'), chunk(3, 'd')]), GAP_MS + 5);
+    expect(replayed[1]).toMatchObject({ status: 'streaming', content: 'abcd', nextSeq: 4 });
+    expect(replayed[1].gapSince).toBeUndefined();
+  });
+
+  test(`a hole still there after ${GAP_RESUMES} resumes ends the answer with a retryable error`, () => {
+    let m = holed(0);
+    let now = 0;
+    const sent = [];
+    for (let i = 0; i < GAP_RESUMES; i += 1) {
+      now += GAP_MS;
+      const due = takeDueGaps(m, now);
+      sent.push(...due.resumes);
+      m = due.messages;
+    }
+    expect(sent.map((r) => r.after)).toEqual(Array(GAP_RESUMES).fill(0));
+    const last = takeDueGaps(m, now + GAP_MS);
+    expect(last.resumes).toEqual([]);
+    expect(last.messages[1]).toMatchObject({ status: 'error', error: { code: 'lost_chunks', retryable: true } });
+    expect(last.messages[1].error.message).toContain('chunk 1');
+    expect(nextGapDue(last.messages)).toBeNull();
+  });
+
+  test('without the chat ack token the tries count but no resume is sent', () => {
+    let m = noteGaps(applyEvents(started(), [chunk(1, 'b')]), 0);
+    for (let i = 1; i <= GAP_RESUMES; i += 1) {
+      const due = takeDueGaps(m, i * GAP_MS);
+      expect(due.resumes).toEqual([]);
+      m = due.messages;
+    }
+    expect(takeDueGaps(m, (GAP_RESUMES + 1) * GAP_MS).messages[1].status).toBe('error');
+  });
+
+  test('a refused resume ends the answer with lost_chunks; its error event alone does not', () => {
+    const { messages } = takeDueGaps(holed(0), GAP_MS);
+    // The refusal's error event comes first: the negative ack says it again.
+    const refusal = { id: 'a1', code: 'resume_denied', message: 'no resumable request' };
+    expect(applyEvents(messages, [{ type: 'error', payload: refusal }])).toBe(messages);
+    // A failure to answer is left to the next try.
+    expect(failGap(messages, 'a1', { code: 'internal', message: 'x' })).toBe(messages);
+    expect(failGap(messages, 'a1', undefined)).toBe(messages);
+    const failed = failGap(messages, 'a1', { code: 'resume_denied', message: 'no resumable request' });
+    expect(failed[1]).toMatchObject({ status: 'error', error: { code: 'lost_chunks', retryable: true } });
+    expect(failed[1].error.message).toContain('resume_denied');
+  });
+
+  test('a refusal after the hole was filled changes nothing', () => {
+    const { messages } = takeDueGaps(holed(0), GAP_MS);
+    const filled = noteGaps(applyChunk(messages, { id: 'a1', seq: 1, delta: 'b' }), GAP_MS + 1);
+    expect(failGap(filled, 'a1', { code: 'resume_denied', message: 'x' })).toBe(filled);
+  });
+
+  test('a server error that is not a resume refusal still ends the answer during a resume', () => {
+    const { messages } = takeDueGaps(holed(0), GAP_MS);
+    const m = applyError(messages, { id: 'a1', code: 'upstream_timeout', message: 'slow', retryable: true });
+    expect(m[1]).toMatchObject({ status: 'error', error: { code: 'upstream_timeout' } });
+    expect(m[1].gapSince).toBeUndefined();
+  });
+
+  test('while resuming after a reconnection there is no episode; one starts after it', () => {
+    const lost = { code: 'disconnected', message: 'lost', retryable: true };
+    const away = noteGaps(suspendStreaming(holed(0), lost), 10);
+    expect(away[1].gapSince).toBeUndefined();
+    expect(nextGapDue(away)).toBeNull();
+    expect(takeDueGaps(away, 10 * GAP_MS).resumes).toEqual([]);
+    const back = noteGaps(markResumed(away, 'a1'), 500);
+    expect(back[1]).toMatchObject({ gapSince: 500, gapResumes: 0 });
+  });
+
+  test('the hole bookkeeping is not stored', () => {
+    const done = { ...DONE, chunks: 3 };
+    const { messages } = takeDueGaps(applyDone(holed(0), done), GAP_MS);
+    const [, stored] = toStored(messages);
+    expect(stored).not.toHaveProperty('gapSince');
+    expect(stored).not.toHaveProperty('gapResumes');
+    expect(stored).not.toHaveProperty('doneEarly');
+    // A reload resumes after the last contiguous chunk.
+    expect(resumeRequests(fromStored(JSON.parse(JSON.stringify(toStored(messages)))))).toEqual([
+      { id: 'a1', token: 'tok', after: 0 },
+    ]);
   });
 });
 

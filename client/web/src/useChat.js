@@ -3,22 +3,27 @@
 // what it returns as props.
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { createFrameBuffer } from './frameBuffer.js';
-import { listen, socket } from './socket.js';
+import { listen, resumeGaps, socket } from './socket.js';
 import {
   applyError,
   applyEvents,
   assistantMessage,
   dropLastAnswer,
+  failGap,
   fromStored,
   historyOf,
   isStreaming,
   markResumed,
+  nextGapDue,
+  noteGaps,
   resumeRequests,
   setResumeToken,
   suspendStreaming,
+  takeDueGaps,
   toStored,
   userMessage,
 } from './streamState.js';
+import { useGapTimer } from './useGapTimer.js';
 
 // sessionStorage, not localStorage: each tab keeps its own conversation across a reload
 // and never sees another tab's.
@@ -67,9 +72,11 @@ export function useChat() {
   const buffer = useRef(null);
 
   const commit = useCallback((next) => {
-    if (next === current.current) return;
-    current.current = next;
-    setMessages(next);
+    // Every change opens or closes the episode of a hole in seq, timed from now.
+    const noted = noteGaps(next, Date.now());
+    if (noted === current.current) return;
+    current.current = noted;
+    setMessages(noted);
   }, []);
 
   useEffect(() => {
@@ -166,6 +173,20 @@ export function useChat() {
     window.addEventListener('pagehide', onPageHide);
     return () => window.removeEventListener('pagehide', onPageHide);
   }, []);
+
+  // A hole in seq that outlasts GAP_MS (chunks lost on the way) is asked for again with
+  // `resume` on this connection; one that cannot be filled ends the answer with a
+  // retryable `lost_chunks` error, and the Retry button.
+  const fillGaps = useCallback(() => {
+    buffer.current?.flush();
+    const due = takeDueGaps(current.current, Date.now());
+    commit(due.messages);
+    resumeGaps(socket, due.resumes, (id, error) => {
+      buffer.current?.flush();
+      commit(failGap(current.current, id, error));
+    });
+  }, [commit]);
+  useGapTimer(nextGapDue(messages), fillGaps);
 
   // Ask for an answer to `base`, whose last turn is the user's.
   const ask = useCallback(

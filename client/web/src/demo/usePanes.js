@@ -4,8 +4,19 @@
 // receives and compares it with the ids it sent: that is the isolation check.
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { createFrameBuffer } from '../frameBuffer.js';
-import { createSocket, listen } from '../socket.js';
-import { applyEvents, applyError, assistantMessage, failStreaming } from '../streamState.js';
+import { createSocket, listen, resumeGaps } from '../socket.js';
+import {
+  applyEvents,
+  applyError,
+  assistantMessage,
+  failGap,
+  failStreaming,
+  nextGapDue,
+  noteGaps,
+  setResumeToken,
+  takeDueGaps,
+} from '../streamState.js';
+import { useGapTimer } from '../useGapTimer.js';
 import { PROMPTS } from './prompts.js';
 
 export const MIN_PANES = 1;
@@ -29,6 +40,11 @@ function emptyPane(key) {
   };
 }
 
+// A pane's answer changed by a function over message arrays (see streamState.js).
+function setAnswer(answer, change) {
+  return answer ? change([answer])[0] : answer;
+}
+
 // Apply one pane's buffered events: record every id it receives, then the stream itself.
 function applyPaneEvents(pane, events, sentIds) {
   let { chunks, firstChunkAt, lastChunkAt, received } = pane;
@@ -45,7 +61,7 @@ function applyPaneEvents(pane, events, sentIds) {
       lastChunkAt = at;
     }
   }
-  const messages = pane.answer ? applyEvents([pane.answer], events) : [];
+  const messages = pane.answer ? noteGaps(applyEvents([pane.answer], events), Date.now()) : [];
   return { ...pane, chunks, firstChunkAt, lastChunkAt, received, foreign, answer: messages[0] ?? null };
 }
 
@@ -212,7 +228,11 @@ export function usePanes(initialCount = 4) {
         .timeout(ACK_TIMEOUT_MS)
         .emitWithAck('chat', { id, messages })
         .then((ack) => {
-          if (ack && ack.ok === false) {
+          if (ack && ack.ok) {
+            // The token lets the pane ask again for chunks lost on the way.
+            const keep = (messages) => setResumeToken(messages, id, ack.resume_token);
+            update(key, (pane) => ({ ...pane, answer: setAnswer(pane.answer, keep) }));
+          } else if (ack && ack.ok === false) {
             update(key, (pane) => ({ ...pane, answer: applyError([pane.answer], { id, ...ack.error })[0] }));
           }
         })
@@ -229,6 +249,30 @@ export function usePanes(initialCount = 4) {
         });
     }
   }, [commit, update]);
+
+  // A hole in seq that outlasts GAP_MS is asked for again on the pane's own connection;
+  // one that cannot be filled ends the pane's answer with `lost_chunks`.
+  const fillGaps = useCallback(() => {
+    frames.current?.flush();
+    const now = Date.now();
+    const sends = [];
+    commit(
+      current.current.map((pane) => {
+        const link = links.current.get(pane.key);
+        if (!pane.answer || !link) return pane;
+        const due = takeDueGaps([pane.answer], now);
+        if (due.resumes.length > 0) sends.push({ key: pane.key, socket: link.socket, resumes: due.resumes });
+        return due.messages[0] === pane.answer ? pane : { ...pane, answer: due.messages[0] };
+      }),
+    );
+    for (const { key, socket, resumes } of sends) {
+      resumeGaps(socket, resumes, (id, error) => {
+        frames.current?.flush();
+        update(key, (pane) => ({ ...pane, answer: setAnswer(pane.answer, (m) => failGap(m, id, error)) }));
+      });
+    }
+  }, [commit, update]);
+  useGapTimer(nextGapDue(panes.flatMap((pane) => (pane.answer ? [pane.answer] : []))), fillGaps);
 
   const stopAll = useCallback(() => {
     for (const pane of current.current) {
