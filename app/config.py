@@ -29,7 +29,8 @@ def _float(name: str, default: float) -> float:
 
 class Config:
     # Server
-    SECRET_KEY = os.environ.get("SECRET_KEY") or os.urandom(24).hex()
+    # No SECRET_KEY: nothing here uses Flask's cookie session, and without a key
+    # Flask skips opening one for each Socket.IO event.
     ASYNC_MODE = os.environ.get("ASYNC_MODE", "eventlet")
     WEB_DIST_DIR = os.environ.get(
         "WEB_DIST_DIR",

@@ -69,7 +69,7 @@ class Relay:
         self.rate_limiter = SlidingWindowCounterRateLimiter(
             storage_from_string(config["STREAM_STORE_URL"])
             if cluster is not None
-            else MemoryStorage()
+            else ReapedMemoryStorage()
         )
         self.breaker = CircuitBreaker(
             config["UPSTREAM_FAILURES_TO_TRIP"], config["UPSTREAM_COOLDOWN_SECONDS"]
@@ -520,6 +520,8 @@ class Relay:
 
     def reap(self, now: float) -> None:
         """Abandon generations whose client did not come back; forget ended ones."""
+        if isinstance(self.rate_limiter.storage, ReapedMemoryStorage):
+            self.rate_limiter.storage.expire()
         for stream in self.store.expired(now):
             with stream.lock:
                 if stream.expires_at is None or stream.expires_at > now:
@@ -531,6 +533,21 @@ class Relay:
                         "request %s abandoned: its client did not resume", stream.id
                     )
                 self.store.drop(stream)
+
+
+class ReapedMemoryStorage(MemoryStorage):
+    """limits' in-memory storage, its expired counters dropped by the relay's reaper.
+
+    ``MemoryStorage`` starts a timer thread 10 ms after a hit to drop them: under
+    eventlet, a green thread per chat whose teardown leaves reference cycles, that
+    is garbage for the cyclic collector, whose pauses make tokens late. Counters
+    are still checked for expiry as they are read; this only frees stale ones."""
+
+    def _MemoryStorage__schedule_expiry(self) -> None:
+        pass
+
+    def expire(self) -> None:
+        self._MemoryStorage__expire_events()
 
 
 def _may_resume(identity: str, owner: str) -> bool:

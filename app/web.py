@@ -20,6 +20,18 @@ def healthz():
     )
 
 
+@bp.route("/socket.io/", methods=["GET", "POST"])
+@bp.route("/socket.io/", endpoint="socketio_websocket", websocket=True)
+def socketio_path():
+    """Not reached: Engine.IO answers this path before Flask does.
+
+    Flask-SocketIO opens a Flask request context on this path for every Socket.IO
+    event. Without a matching rule each one records a NotFound whose traceback
+    forms a reference cycle: garbage per event that only the cyclic collector
+    frees, and its pauses reach clients as late tokens."""
+    abort(404)
+
+
 @bp.get("/metrics")
 def metrics():
     registry = current_app.extensions["relay"].metrics.registry

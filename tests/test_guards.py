@@ -4,6 +4,7 @@ each against a real relay process configured for it."""
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +14,7 @@ import socketio
 import websocket
 
 from app.auth import client_address, mint_token
+from app.relay import ReapedMemoryStorage
 
 from .conftest import (
     ASYNC_MODES,
@@ -241,6 +243,21 @@ def test_message_over_the_transport_limit_closes_the_connection(relay, connect):
         time.sleep(0.05)
     assert not client.sio.connected
     assert relay.health()["status"] == "ok"
+
+
+def test_rate_counters_start_no_thread_and_are_freed_by_the_reaper():
+    storage = ReapedMemoryStorage()
+    storage.timer.join()  # the one timer limits starts when the storage is made
+    threads = threading.active_count()
+    assert storage.incr("chats/addr:1", 0.05) == 1
+    assert threading.active_count() == threads
+    time.sleep(0.1)
+    assert storage.get("chats/addr:1") == 0  # expired as it is read
+    storage.incr("chats/addr:2", 0.05)
+    time.sleep(0.1)
+    assert "chats/addr:2" in storage.storage  # nothing has freed it yet
+    storage.expire()
+    assert "chats/addr:2" not in storage.storage
 
 
 def test_outage_is_retried_before_the_first_token(limited, upstream):
