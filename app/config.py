@@ -63,7 +63,7 @@ class Config:
     # While the process is busy, merge a stream's chunks arriving within this window
     # into one event; 0 (the default until it measures better) turns it off. An idle
     # server never delays a chunk.
-    COALESCE_WINDOW_MS = _float("COALESCE_WINDOW_MS", 0)
+    COALESCE_WINDOW_MS = _float("COALESCE_WINDOW_MS", 40)
 
     # Resume
     RESUME_GRACE_SECONDS = _float("RESUME_GRACE_SECONDS", 30)

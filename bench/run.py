@@ -2,12 +2,13 @@
 
     python -m bench                 # everything (about 20 min on 2 cores)
     python -m bench --quick         # about a minute: proves the harness works
-    python -m bench --targets relay-eventlet,fastapi-sse --coalesce-ms 0,50
+    python -m bench --targets relay-eventlet,fastapi-sse --coalesce-ms 0,80
 
 Writes bench/results/bench-<time>.json (and latest.json), a chart (bench.png) and
 the README's tables (table.md), and prints one ``name: figure`` line per figure.
-A relay target with ``--coalesce-ms`` N > 0 runs again as its own series
-``<target>+coalesce<N>ms`` with ``COALESCE_WINDOW_MS=N`` in its environment.
+A relay target runs with the relay's defaults (coalescing on, 40 ms); each N of
+``--coalesce-ms`` runs it again as its own series ``<target>+coalesce<N>ms`` with
+``COALESCE_WINDOW_MS=N`` in its environment (0: off).
 """
 
 from __future__ import annotations
@@ -83,10 +84,9 @@ def series(targets: list[str], coalesce: list[int]) -> list[str]:
     """Each target, and each relay target again per coalescing window."""
     names = []
     for target in targets:
-        for window in coalesce:
-            if window and not target.startswith("relay"):
-                continue
-            names.append(target_name(target, window))
+        names.append(target)
+        if target.startswith("relay"):
+            names += [target_name(target, window) for window in coalesce]
     return names
 
 
@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", help=f"comma-separated, of {', '.join(TARGETS)}")
     parser.add_argument(
         "--coalesce-ms",
-        default="0",
-        help="COALESCE_WINDOW_MS values for the relay, each its own series",
+        default="",
+        help="COALESCE_WINDOW_MS values (0: off) to run the relay with, each as "
+        "a series of its own besides the defaults",
     )
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-capacity", action="store_true")
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         cap_config.levels = tuple(int(n) for n in args.levels.split(","))
     if args.processes:
         lat_config.processes = cap_config.processes = args.processes
-    coalesce = [int(v) for v in args.coalesce_ms.split(",")]
+    coalesce = [int(v) for v in args.coalesce_ms.split(",") if v]
     if args.targets:
         lat_targets = cap_targets = args.targets.split(",")
     elif args.quick:

@@ -161,14 +161,16 @@ TARGETS = {
 }
 
 
-def target_name(base: str, coalesce_ms: int) -> str:
-    return base if not coalesce_ms else f"{base}+coalesce{coalesce_ms}ms"
+def target_name(base: str, coalesce_ms: int | None) -> str:
+    """``base`` runs with the relay's defaults; ``+coalesce<N>ms`` sets the window."""
+    return base if coalesce_ms is None else f"{base}+coalesce{coalesce_ms}ms"
 
 
-def parse_target(name: str) -> tuple[str, int]:
+def parse_target(name: str) -> tuple[str, int | None]:
     match = re.fullmatch(r"(.+?)(?:\+coalesce(\d+)ms)?", name)
     assert match, name
-    return match.group(1), int(match.group(2) or 0)
+    window = match.group(2)
+    return match.group(1), None if window is None else int(window)
 
 
 def start_target(
@@ -206,7 +208,6 @@ def start_target(
     if spec["server"] == "relay":
         env |= {
             "ASYNC_MODE": spec["async_mode"],
-            "COALESCE_WINDOW_MS": str(coalesce_ms),
             "SYSTEM_PROMPT": "",
             "WORKER_CONNECTIONS": str(max(10000, connections + 100)),
             # Each client has its own address (loadgen.source_address), so the
@@ -214,6 +215,8 @@ def start_target(
             # client under the per-minute cap.
             "CHATS_PER_MINUTE": "600",
         }
+        if coalesce_ms is not None:
+            env["COALESCE_WINDOW_MS"] = str(coalesce_ms)
         if spec["async_mode"] == "threading":
             # deploy/gunicorn.conf.py sizes only eventlet's worker_connections;
             # gthread's default (1000) would refuse connections past it.

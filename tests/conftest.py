@@ -23,6 +23,9 @@ ASYNC_MODES = ["eventlet", "threading"]
 # Every test client connects from 127.0.0.1, which is one identity to the per-user
 # limits; tests of those limits set their own.
 UNLIMITED = {"MAX_STREAMS_PER_IDENTITY": "100000", "CHATS_PER_MINUTE": "1000000"}
+# Tests that count chunks or name a seq want one event per upstream chunk, whatever
+# the machine's load: coalescing (on by default, while busy) has tests of its own.
+ONE_EVENT_PER_CHUNK = {"COALESCE_WINDOW_MS": "0"}
 
 
 def pytest_addoption(parser):
@@ -264,6 +267,7 @@ def relay_env(upstream: Upstream, **extra: str) -> dict[str, str]:
         "UPSTREAM_MAX_RETRIES": "0",
         "RESUME_GRACE_SECONDS": "2",
         **UNLIMITED,
+        **ONE_EVENT_PER_CHUNK,
         **extra,
     }
 
@@ -287,6 +291,7 @@ def demo_server(tmp_session) -> Iterator[Relay]:
             "DEMO_TTFT": "0.05",
             "DEMO_TOKENS_PER_SECOND": "400",
             **UNLIMITED,
+            **ONE_EVENT_PER_CHUNK,
         },
     )
     yield server
