@@ -136,13 +136,19 @@ class ClusterStreamStore(MemoryStreamStore):
             if kind == "sid" and sid is not None:
                 pipe.hdel(_sid_key(sid), request_id)
         for token, stream in dirty.items():
+            done = self._mirrored.get(token)
             with stream.lock:
-                parts = stream.parts[self._mirrored.get(token, 0) :]
+                parts = stream.parts[done or 0 :]
                 count = len(stream.parts)
                 meta = self._meta(stream)
                 ended = stream.ended
             key = _key(token)
             ttl = int(self.grace) + 1 if ended else LIVE_TTL_SECONDS
+            if done is None:
+                # A first write, or one after a failed flush that may have half
+                # happened (or a Redis that kept its data): the list is written
+                # whole, never appended to twice.
+                pipe.delete(key + ":c")
             if parts:
                 pipe.rpush(key + ":c", *parts)
             pipe.hset(key, mapping=meta)
@@ -163,7 +169,7 @@ class ClusterStreamStore(MemoryStreamStore):
             with self._dirty_lock:
                 for token, stream in dirty.items():
                     self._dirty.setdefault(token, stream)
-                    self._mirrored[token] = 0
+                    self._mirrored.pop(token, None)
                 self._forget.extend(forget)
 
     # -- what other nodes read ---------------------------------------------------------

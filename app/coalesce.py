@@ -4,10 +4,13 @@ busy server then sends fewer, larger frames instead of falling behind; a lightly
 loaded one sends every chunk the moment it arrives.
 
 Busy means the process used more than ``BUSY_CPU`` of a core over the last half
-second, or wakes its tasks late (a monitor that sleeps a few milliseconds at a time
-keeps a moving average of how late it wakes). It stays busy for ``HOLD_BUSY``
-seconds after the last sign of load: coalescing lowers the load that switched it on,
-and flapping on and off would let the stream fall behind each time it is off.
+second, or wakes its tasks more than ``BUSY_LAG`` late on average (a monitor that
+sleeps a few milliseconds at a time keeps a moving average of how late it wakes).
+Below that a server has room to send every chunk on its own, and holding chunks
+back would only add delay. Once busy it stays so while it uses more than
+``IDLE_CPU``, and for ``HOLD_BUSY`` seconds after the last sign of load: coalescing
+lowers the load that switched it on, and flapping on and off would let streams fall
+behind each time it is off.
 """
 
 import heapq
@@ -19,8 +22,9 @@ from typing import Any
 
 # How often held chunks are checked for being due, and load is sampled.
 TICK = 0.005
-BUSY_CPU = 0.5
-BUSY_LAG = 0.002
+BUSY_CPU = 0.8
+IDLE_CPU = 0.5
+BUSY_LAG = 0.010
 HOLD_BUSY = 2.0
 _CPU_PERIOD = 0.5
 
@@ -89,5 +93,6 @@ class Coalescer:
             used = time.process_time()
             self.cpu = (used - self._cpu_used) / (now - self._cpu_at)
             self._cpu_at, self._cpu_used = now, used
-        if self.cpu > BUSY_CPU or self.lag > BUSY_LAG:
+        busy_above = IDLE_CPU if now < self._busy_until else BUSY_CPU
+        if self.cpu > busy_above or self.lag > BUSY_LAG:
             self._busy_until = now + HOLD_BUSY

@@ -40,6 +40,7 @@ from .loadgen import Generators, Job
 from .procstat import status_kb
 from .servers import (
     TARGETS,
+    UPSTREAM_KEY,
     Upstream,
     parse_target,
     start_target,
@@ -109,6 +110,11 @@ def measure_target(
         level = _guarded(run_level, target, config.upstream_level, config, upstream)
         _log_level(log, target + " via upstream", level)
         out["upstream_variant"] = level
+        level = _guarded(
+            run_direct_level, target, config.upstream_level, config, upstream
+        )
+        _log_level(log, "  direct to the upstream", level)
+        out["upstream_direct"] = level
     try:
         out["idle"] = idle_rss(target, config)
     except Exception as exc:  # noqa: BLE001  (reported; the run goes on)
@@ -193,6 +199,46 @@ def run_level(
         )
     finally:
         server.stop()
+    level = _level(streams, source, phase, config)
+    level["server_idle_rss_mb"] = round(idle_rss_mb, 1)
+    return level
+
+
+def run_direct_level(
+    target: str, streams: int, config: CapacityConfig, upstream: Upstream
+) -> dict[str, Any]:
+    """The upstream variant's load with no relay: ``AsyncOpenAI`` clients reading the
+    test server straight, run next to ``target``'s variant so that what the upstream
+    itself sustains is measured in the same run."""
+    prompt = upstream_prompt(config.ttft, config.rate, config.tokens)
+    job = Job(
+        kind="openai",
+        url=upstream.base_url,
+        api_key=UPSTREAM_KEY,
+        slots=streams,
+        mode="sustained",
+        prompt=prompt,
+        max_tokens=config.tokens,
+        expected_text=expected_text("upstream", prompt, config.tokens),
+        rate=config.rate,
+        duration=config.duration,
+        warmup=config.warmup,
+        stagger=config.stream_seconds,
+        stream_timeout=config.stream_seconds + 10,
+    )
+    phase = run_phase(
+        job,
+        config.processes,
+        Watched(upstream=upstream.worker),
+        config.parts,
+        config.quiet_wait,
+    )
+    return _level(streams, "upstream", phase, config)
+
+
+def _level(
+    streams: int, source: str, phase: dict[str, Any], config: CapacityConfig
+) -> dict[str, Any]:
     level: dict[str, Any] = {
         "streams": streams,
         "source": source,
@@ -209,7 +255,6 @@ def run_level(
     level["connect_failures"] = phase["connect_failures"]
     level["connect_errors"] = phase["connect_errors"]
     level["server_cpu_cores"] = phase["cpu"].get("server")
-    level["server_idle_rss_mb"] = round(idle_rss_mb, 1)
     level["server_memory"] = phase["memory"]
     level["upstream_cpu_cores"] = phase["cpu"].get("upstream")
     level["generator_cpu_cores"] = phase["cpu"]["generators"]

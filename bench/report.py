@@ -149,9 +149,18 @@ def tables(results: dict[str, Any]) -> str:
         for target, result in results["capacity"].items():
             levels = list(result["levels"])
             if "upstream_variant" in result:
-                levels.append({**result["upstream_variant"], "via": True})
+                levels.append({**result["upstream_variant"], "via": "upstream"})
+            if "upstream_direct" in result:
+                levels.append({**result["upstream_direct"], "via": "direct"})
             for lv in levels:
-                name = target + (" via test server" if lv.get("via") else "")
+                name = (
+                    target
+                    + {
+                        None: "",
+                        "upstream": " via test server",
+                        "direct": ": no relay, AsyncOpenAI to the test server",
+                    }[lv.get("via")]
+                )
                 if "skipped" in lv:
                     lines.append(f"| {name} | {lv['streams']} | | | | | | | skipped |")
                     continue

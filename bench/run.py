@@ -201,11 +201,15 @@ def invalid_runs(results: dict[str, Any]) -> list[str]:
         levels = list(result["levels"])
         if "upstream_variant" in result:
             levels.append({**result["upstream_variant"], "via": "upstream"})
+        if "upstream_direct" in result:
+            levels.append({**result["upstream_direct"], "via": "direct"})
         for level in levels:
             if level.get("error"):
                 found.append(f"capacity {target} {level['streams']}: {level['error']}")
             elif level.get("invalid"):
-                via = " via upstream" if level.get("via") else ""
+                via = {None: "", "upstream": " via upstream", "direct": " direct"}[
+                    level.get("via")
+                ]
                 reasons = "; ".join(level["invalid"])
                 found.append(f"capacity {target}{via} {level['streams']}: {reasons}")
     return found

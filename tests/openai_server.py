@@ -553,10 +553,15 @@ async def _sse_events(completion: _Completion) -> AsyncGenerator[str, None]:
             directives.stall_after,
         )
     )
+    # An absolute schedule, as a model's own pace: the time spent writing each chunk
+    # must not push every later one back (a drift of a millisecond a token is a
+    # tenth of a second by the end of a benchmark's stream).
+    loop = asyncio.get_running_loop()
+    start = loop.time() + completion.ttft
     for sent in range(len(tokens) + 1):
         if sent == len(tokens) and sent not in (error_at, close_at, stall_at):
             break
-        await asyncio.sleep(completion.ttft if sent == 0 else completion.interval)
+        await asyncio.sleep(max(start + sent * completion.interval - loop.time(), 0))
         if sent == error_at:
             record["outcome"] = "error_midstream"
             message = f"Injected error after {sent} content chunks."

@@ -340,3 +340,30 @@ def test_service_recovers_after_redis_restarts(redis_server, nodes, nginx):
             return
         assert time.monotonic() < deadline, (ack, end, text)
         time.sleep(1)
+
+
+def test_mirror_rewritten_after_a_failed_flush_has_no_duplicate_chunks(redis_server):
+    from app.cluster import ClusterStreamStore, _key
+    from app.protocol import ChatRequest
+    from app.streams import Stream
+
+    store = ClusterStreamStore(redis_server.url, "mirror-test", grace=5)
+    request = ChatRequest("m", [{"role": "user", "content": "hi"}], "demo")
+    stream = Stream("sid-m", "addr:127.0.0.1", request, request.messages)
+    store.add(stream, 3, 3)
+    for delta in ("a", "b", "c"):
+        stream.append(delta)
+    store.flush()
+    live = store.redis
+    # A flush that fails after Redis took its writes (a dropped reply, or a Redis
+    # that kept its data across a restart) is written again whole, not appended.
+    stream.append("d")
+    store.flush()
+    stream.append("e")
+    store.redis = redis.Redis(port=free_port(), decode_responses=True)
+    store.touched(stream)
+    store.flush()
+    store.redis = live
+    store.flush()
+    assert store.mirrored_chunks(stream.token, -1) == ["a", "b", "c", "d", "e"]
+    live.delete(_key(stream.token), _key(stream.token) + ":c")
