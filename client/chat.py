@@ -110,6 +110,7 @@ class _Request:
         self.started = False
         self.stop_wanted = False
         self.stop_sent = False
+        self.stop_acked = False
 
     def hold(self, seq: int) -> None:
         if seq >= self.held:
@@ -463,8 +464,10 @@ class ChatClient:
         except ChatError as exc:
             if exc.code == "lost_chunks":
                 # The client gave up, not the server, which may still be generating
-                # what nobody will read.
+                # what nobody will read. Its ack is awaited (briefly): a connection
+                # closed right after may otherwise be handled before the stop.
                 self._request_stop(request)
+                self._drain(request, answer, lambda: request.stop_acked)
             raise  # otherwise the server (or the connection) has already ended it
         except BaseException:
             # A KeyboardInterrupt or a failing on_event leaves the request running.
@@ -643,6 +646,8 @@ class ChatClient:
                 if event == "ack":
                     request.token = data.get("resume_token")
                 started = True
+            elif event == "stop_ack":
+                request.stop_acked = True
             elif event == "disconnected":
                 # A new connection knows the id only once resumed, and a stop sent
                 # as the old one dropped may never have arrived.
