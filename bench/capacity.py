@@ -122,6 +122,16 @@ def measure_target(
     return out
 
 
+def all_levels(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """A target's ramp levels, then its upstream variant and the no-relay level beside
+    it, each of those two tagged ``via`` ("upstream", "direct")."""
+    levels = list(result["levels"])
+    for key, via in (("upstream_variant", "upstream"), ("upstream_direct", "direct")):
+        if key in result:
+            levels.append({**result[key], "via": via})
+    return levels
+
+
 def capacity_of(levels: list[dict[str, Any]]) -> tuple[int, str]:
     """The highest valid passing level below the first failure, and a caveat."""
     best, unknown = 0, []
@@ -177,20 +187,7 @@ def run_level(
     )
     try:
         idle_rss_mb = status_kb(server.worker, "VmRSS") / 1024
-        job = Job(
-            kind=kind,
-            url=server.url,
-            slots=streams,
-            mode="sustained",
-            prompt=prompt,
-            max_tokens=config.tokens,
-            expected_text=expected_text(source, prompt, config.tokens),
-            rate=config.rate,
-            duration=config.duration,
-            warmup=config.warmup,
-            stagger=config.stream_seconds,
-            stream_timeout=config.stream_seconds + 10,
-        )
+        job = sustained_job(config, kind, server.url, streams, source, prompt)
         watched = Watched(
             server=server.worker, upstream=upstream.worker if upstream else None
         )
@@ -204,6 +201,34 @@ def run_level(
     return level
 
 
+def sustained_job(
+    config: CapacityConfig,
+    kind: str,
+    url: str,
+    streams: int,
+    source: str,
+    prompt: str,
+    **fields: Any,
+) -> Job:
+    """The capacity scenario's load: ``streams`` slots running ``source``'s streams
+    back to back at the scenario's rate, the first starts spread over one stream."""
+    return Job(
+        kind=kind,
+        url=url,
+        slots=streams,
+        mode="sustained",
+        prompt=prompt,
+        max_tokens=config.tokens,
+        expected_text=expected_text(source, prompt, config.tokens),
+        rate=config.rate,
+        duration=config.duration,
+        warmup=config.warmup,
+        stagger=config.stream_seconds,
+        stream_timeout=config.stream_seconds + 10,
+        **fields,
+    )
+
+
 def run_direct_level(
     target: str, streams: int, config: CapacityConfig, upstream: Upstream
 ) -> dict[str, Any]:
@@ -211,20 +236,14 @@ def run_direct_level(
     test server straight, run next to ``target``'s variant so that what the upstream
     itself sustains is measured in the same run."""
     prompt = upstream_prompt(config.ttft, config.rate, config.tokens)
-    job = Job(
-        kind="openai",
-        url=upstream.base_url,
+    job = sustained_job(
+        config,
+        "openai",
+        upstream.base_url,
+        streams,
+        "upstream",
+        prompt,
         api_key=UPSTREAM_KEY,
-        slots=streams,
-        mode="sustained",
-        prompt=prompt,
-        max_tokens=config.tokens,
-        expected_text=expected_text("upstream", prompt, config.tokens),
-        rate=config.rate,
-        duration=config.duration,
-        warmup=config.warmup,
-        stagger=config.stream_seconds,
-        stream_timeout=config.stream_seconds + 10,
     )
     phase = run_phase(
         job,

@@ -222,20 +222,8 @@ def run_level(nodes: int, streams: int, config: CapacityConfig) -> dict[str, Any
         urls = [n.url for n in cluster.nodes]
         # At least two generator processes, as the capacity scenario has.
         urls = urls * 2 if nodes == 1 else urls
-        job = Job(
-            kind="sio",
-            url=urls[0],
-            slots=streams,
-            mode="sustained",
-            prompt=DEMO_PROMPT,
-            max_tokens=config.tokens,
-            expected_text=expected_text("demo", DEMO_PROMPT, config.tokens),
-            rate=config.rate,
-            duration=config.duration,
-            warmup=config.warmup,
-            stagger=config.stream_seconds,
-            stream_timeout=config.stream_seconds + 10,
-            parts=config.parts,
+        job = capacity.sustained_job(
+            config, "sio", urls[0], streams, "demo", DEMO_PROMPT, parts=config.parts
         )
         pids = cluster.pids()
         waited = _wait_quiet(pids, config.quiet_wait)

@@ -19,11 +19,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
-from .capacity import CapacityConfig
-from .common import DEMO_PROMPT, expected_text
-from .loadgen import Generators, Job, merge
+from .capacity import CapacityConfig, sustained_job
+from .common import DEMO_PROMPT
+from .loadgen import Generators, merge
 from .procstat import CpuMeter
 from .servers import ROOT, start_target, unwind_on_signals
 
@@ -85,24 +86,11 @@ def main() -> None:
     unwind_on_signals()
     config = CapacityConfig()
     warmup = config.warmup
-    duration = warmup + 2 * args.seconds + 6
     server = start_target(
         args.target, upstream=None, demo=(config.ttft, config.rate), connections=0
     )
-    job = Job(
-        kind="sio",
-        url=server.url,
-        slots=args.streams,
-        mode="sustained",
-        prompt=DEMO_PROMPT,
-        max_tokens=config.tokens,
-        expected_text=expected_text("demo", DEMO_PROMPT, config.tokens),
-        rate=config.rate,
-        duration=duration,
-        warmup=warmup,
-        stagger=config.stream_seconds,
-        stream_timeout=config.stream_seconds + 10,
-    )
+    job = sustained_job(config, "sio", server.url, args.streams, "demo", DEMO_PROMPT)
+    job = replace(job, duration=warmup + 2 * args.seconds + 6)
     generators = Generators(job, args.processes)
     RESULTS.mkdir(parents=True, exist_ok=True)
     raw_path = RESULTS / "profile.raw.txt"

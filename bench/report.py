@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .capacity import verdict
+from .capacity import all_levels, verdict
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -147,12 +147,7 @@ def tables(results: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for target, result in results["capacity"].items():
-            levels = list(result["levels"])
-            if "upstream_variant" in result:
-                levels.append({**result["upstream_variant"], "via": "upstream"})
-            if "upstream_direct" in result:
-                levels.append({**result["upstream_direct"], "via": "direct"})
-            for lv in levels:
+            for lv in all_levels(result):
                 name = (
                     target
                     + {

@@ -198,12 +198,7 @@ def invalid_runs(results: dict[str, Any]) -> list[str]:
                     reasons = "; ".join(run["invalid"])
                     found.append(f"latency {target} {mode} #{index}: {reasons}")
     for target, result in results["capacity"].items():
-        levels = list(result["levels"])
-        if "upstream_variant" in result:
-            levels.append({**result["upstream_variant"], "via": "upstream"})
-        if "upstream_direct" in result:
-            levels.append({**result["upstream_direct"], "via": "direct"})
-        for level in levels:
+        for level in capacity.all_levels(result):
             if level.get("error"):
                 found.append(f"capacity {target} {level['streams']}: {level['error']}")
             elif level.get("invalid"):

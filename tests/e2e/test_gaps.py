@@ -49,6 +49,13 @@ def lossy_context(browser, seq: int, every_time=False, spoil_token=False):
     return context, record
 
 
+def expect_lost_chunks(answer) -> None:
+    """The answer ended in the error state: ``lost_chunks``, with a Retry button."""
+    expect(answer).to_have_attribute("data-state", "error", timeout=15_000)
+    expect(answer.get_by_test_id("error")).to_contain_text("lost_chunks")
+    expect(answer.get_by_test_id("retry")).to_be_visible()
+
+
 def test_page_fills_a_lost_chunk(browser, new_page):
     reference = ask(new_page("/"), QUESTION)
     context, record = lossy_context(browser, 10)
@@ -70,10 +77,7 @@ def test_page_fills_a_lost_chunk(browser, new_page):
 def test_page_ends_with_lost_chunks_after_the_retries(browser, new_page):
     context, record = lossy_context(browser, 10, every_time=True)
     try:
-        answer = ask(new_page("/", context=context), QUESTION)
-        expect(answer).to_have_attribute("data-state", "error", timeout=15_000)
-        expect(answer.get_by_test_id("error")).to_contain_text("lost_chunks")
-        expect(answer.get_by_test_id("retry")).to_be_visible()
+        expect_lost_chunks(ask(new_page("/", context=context), QUESTION))
         assert [r["after"] for r in record["resumes"]] == [9, 9, 9]
     finally:
         context.close()
@@ -83,10 +87,8 @@ def test_page_shows_a_refused_resume_as_lost_chunks(browser, new_page):
     context, record = lossy_context(browser, 10, spoil_token=True)
     try:
         answer = ask(new_page("/", context=context), QUESTION)
-        expect(answer).to_have_attribute("data-state", "error", timeout=15_000)
-        expect(answer.get_by_test_id("error")).to_contain_text("lost_chunks")
+        expect_lost_chunks(answer)
         expect(answer.get_by_test_id("error")).to_contain_text("resume_denied")
-        expect(answer.get_by_test_id("retry")).to_be_visible()
         assert len(record["resumes"]) == 1
     finally:
         context.close()
