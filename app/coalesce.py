@@ -61,7 +61,7 @@ class Coalescer:
 
     def current_window(self) -> float:
         """The window in force now: the configured one while busy, else 0."""
-        return self.window if self.enabled and self.busy else 0.0
+        return self.window if self.busy else 0.0
 
     def start(self) -> None:
         if self.enabled and not self._started:

@@ -60,9 +60,8 @@ class Config:
     DEMO_TTFT = _float("DEMO_TTFT", 0.4)
     DEMO_TOKENS_PER_SECOND = _float("DEMO_TOKENS_PER_SECOND", 40)
 
-    # While the process is busy, merge a stream's chunks arriving within this window
-    # into one event; 0 (the default until it measures better) turns it off. An idle
-    # server never delays a chunk.
+    # While the process is busy, each stream sends at most one chunk event per this
+    # window (app/coalesce.py); 0 turns it off. An idle server never delays a chunk.
     COALESCE_WINDOW_MS = _float("COALESCE_WINDOW_MS", 40)
 
     # Resume

@@ -151,6 +151,8 @@ class OpenAIProvider:
         model = request.model
         finish_reason: str | None = None
         usage: Usage | None = None
+        # Closing the stream, also when the caller closes this generator early, ends the
+        # upstream HTTP response: that is what stops generation and billing.
         with stream:
             try:
                 for chunk in stream:
@@ -158,6 +160,7 @@ class OpenAIProvider:
                         continue
                     model = _text(chunk.get("model")) or model
                     usage = _usage(chunk.get("usage")) or usage
+                    # Some servers send chunks whose choices are empty or null.
                     for choice in chunk.get("choices") or ():
                         if not isinstance(choice, dict) or choice.get("index", 0):
                             continue
