@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from app.providers.demo import compose, split_tokens
 from client import ChatClient, ChatConnectionError, ChatError
 from client.chat import _Answer
 from tests.conftest import ROOT, UNLIMITED, Relay, free_port, relay_env
@@ -208,7 +209,11 @@ def test_options_and_model_are_sent(demo_server):
     with ChatClient(demo_server.url, model="demo", options={"max_tokens": 3}) as chat:
         deltas = list(chat.stream(PROMPT, options={"temperature": 0.5}))
         assert chat.last_result["finish_reason"] == "length"
-    assert len(deltas) == 3
+        assert chat.last_result["usage"]["completion_tokens"] == 3
+    # Exactly the answer's first three tokens, however many events carried them
+    # (the demo model sends tokens that came due together as one delta).
+    tokens = split_tokens(compose([{"role": "user", "content": PROMPT}]))
+    assert "".join(deltas) == "".join(tokens[:3])
 
 
 def test_on_event_sees_the_ack_every_chunk_and_the_done(demo_server):
