@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from tests.openai_server import build_reply
+from tests.openai_server import build_reasoning, build_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "test-model"
@@ -90,6 +91,16 @@ def read_until_error(iterator: Any) -> tuple[list[ChatCompletionChunk], Exceptio
     except openai.APIError as exc:
         return chunks, exc
     raise AssertionError("the stream ended without an error")
+
+
+def reasoning_of(chunks: list[ChatCompletionChunk], field: str) -> list[str]:
+    """The reasoning pieces of a stream, one per chunk that carries `field`."""
+    pieces = (
+        getattr(choice.delta, field, None)
+        for chunk in chunks
+        for choice in chunk.choices or []
+    )
+    return [piece for piece in pieces if piece]
 
 
 def records(port: int) -> list[dict[str, Any]]:
@@ -305,6 +316,14 @@ def test_pacing_directives_delay_first_chunk_and_spread_the_rest(client):
     assert times[-1] - times[0] >= 5 / 50 * 0.9
 
 
+def test_tps_zero_streams_a_long_reply_at_once(client):
+    started = time.monotonic()
+    chunks = list(stream(client, "all at once [[tps:0]] [[ttft:0]] [[tokens:3000]]"))
+
+    assert time.monotonic() - started < 5
+    assert text_of(chunks) == "".join(build_reply(ask("all at once"), 3000))
+
+
 def test_client_close_is_recorded_within_a_second(client, port):
     chunks = stream(client, "long story [[tps:20]] [[tokens:200]]")
     received = list(itertools.islice(chunks, 4))  # the role chunk, then 3 words
@@ -380,3 +399,257 @@ def test_locked_server_serves_only_its_models(locked_port):
     with pytest.raises(openai.NotFoundError) as caught:
         right.chat.completions.create(model="gpt-unknown", messages=ask("hi"))
     assert caught.value.code == "model_not_found"
+
+
+def raw_http(port: int, request: bytes) -> bytes:
+    """Send `request` on a fresh connection; everything the server sends back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request)
+        received = b""
+        while not received.endswith(b"\r\n0\r\n\r\n"):
+            data = conn.recv(65536)
+            if not data:
+                break
+            received += data
+    return received
+
+
+def http_chunks(body: bytes) -> list[bytes]:
+    """The data of each HTTP chunk of a chunked body, the last (empty) one left off."""
+    chunks = []
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return chunks
+        chunks.append(body[:size])
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
+
+
+def test_each_sse_event_is_its_own_http_chunk(port):
+    body = json.dumps(
+        {"model": MODEL, "messages": ask("framing [[tokens:5]]"), "stream": True}
+    ).encode()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
+    )
+    answer = raw_http(port, head + body)
+
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 200 OK"
+    headers, _, chunked = rest.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in headers.lower().split(b"\r\n")
+    chunks = http_chunks(chunked)
+    assert len(chunks) == 1 + 5 + 1 + 1  # role, words, finish, [DONE]
+    assert all(c.startswith(b"data: ") and c.count(b"\n\n") == 1 for c in chunks)
+    assert chunks[-1] == b"data: [DONE]\n\n"
+
+
+def test_chunked_request_body_is_read(port):
+    body = json.dumps({"model": MODEL, "messages": ask("chunked upload")}).encode()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+        b"content-type: application/json\r\ntransfer-encoding: chunked\r\n"
+        b"connection: close\r\n\r\n"
+    )
+    halves = body[:10], body[10:]
+    chunked = b"".join(b"%x\r\n%b\r\n" % (len(h), h) for h in halves) + b"0\r\n\r\n"
+    answer = raw_http(port, head + chunked)
+
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    completion = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert completion["choices"][0]["message"]["content"] == "".join(
+        build_reply(ask("chunked upload"), 30)
+    )
+
+
+def test_unknown_path_is_a_json_404(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.get("/nowhere", cast_to=object)
+
+    assert caught.value.body["message"] == "Invalid URL (GET /v1/nowhere)"
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_reasoning_streams_word_by_word_in_its_field_before_the_answer(client, field):
+    prompt = f"think first [[reasoning:6]] [[reasoning_field:{field}]]"
+    chunks = list(stream(client, prompt))
+
+    expected = build_reasoning(ask("think first"), 6)
+    assert reasoning_of(chunks, field) == expected
+    assert "".join(expected).endswith(".")
+    assert text_of(chunks) == "".join(build_reply(ask("think first"), 30))
+    texts = [c for c in chunks if content_chunks([c]) or reasoning_of([c], field)]
+    assert [bool(content_chunks([c])) for c in texts] == [False] * 6 + [True] * 30
+    other = "reasoning" if field == "reasoning_content" else "reasoning_content"
+    assert reasoning_of(chunks, other) == []
+
+
+def test_reasoning_defaults_to_reasoning_content(client):
+    chunks = list(stream(client, "default field [[reasoning:3]]"))
+
+    expected = build_reasoning(ask("default field"), 3)
+    assert reasoning_of(chunks, "reasoning_content") == expected
+
+
+def test_reasoning_differs_from_the_reply_and_between_conversations():
+    owls = build_reasoning(ask("owls"), 20)
+
+    assert owls == build_reasoning(ask("owls [[reasoning:20]]"), 20)
+    assert owls != build_reasoning(ask("cats"), 20)
+    assert build_reasoning(ask("owls"), 5)[:4] == owls[:4]  # a cut is a prefix
+    assert "".join(owls) != "".join(build_reply(ask("owls"), 20))
+
+
+def test_think_field_puts_tagged_reasoning_inline_in_content(client):
+    chunks = list(stream(client, "inline [[reasoning:4]] [[reasoning_field:think]]"))
+
+    reasoning = build_reasoning(ask("inline"), 4)
+    contents = [c.choices[0].delta.content for c in content_chunks(chunks)]
+    assert contents[:4] == [
+        "<think>" + reasoning[0],
+        reasoning[1],
+        reasoning[2],
+        reasoning[3] + "</think>",
+    ]
+    reply = "".join(build_reply(ask("inline"), 30))
+    assert text_of(chunks) == "<think>" + "".join(reasoning) + "</think>" + reply
+    assert reasoning_of(chunks, "reasoning_content") == []
+
+
+def test_split_think_cuts_both_tags_across_chunks(client):
+    prompt = "in pieces [[reasoning:3]] [[reasoning_field:think]] [[split_think]]"
+    chunks = list(stream(client, prompt))
+
+    reasoning = build_reasoning(ask("in pieces"), 3)
+    contents = [c.choices[0].delta.content for c in content_chunks(chunks)]
+    assert contents[:5] == [
+        "<th",
+        "ink>" + reasoning[0],
+        reasoning[1],
+        reasoning[2] + "</thi",
+        "nk>",
+    ]
+    reply = build_reply(ask("in pieces"), 30)
+    assert contents[5:] == reply
+    assert text_of(chunks) == "<think>" + "".join(reasoning) + "</think>" + "".join(
+        reply
+    )
+
+
+def test_split_think_needs_the_think_field(client):
+    with pytest.raises(openai.BadRequestError, match="split_think"):
+        stream(client, "no field [[reasoning:3]] [[split_think]]")
+
+
+def test_unknown_reasoning_field_is_a_bad_request(client):
+    with pytest.raises(openai.BadRequestError, match="reasoning_field"):
+        stream(client, "bad field [[reasoning:3]] [[reasoning_field:thoughts]]")
+
+
+def test_usage_counts_reasoning_and_details_it(client):
+    chunks = list(stream(client, "count me [[reasoning:7]] [[tokens:5]]"))
+
+    usage = chunks[-1].usage
+    assert usage.completion_tokens == 7 + 5
+    assert usage.total_tokens == usage.prompt_tokens + 12
+    assert usage.completion_tokens_details.reasoning_tokens == 7
+
+
+def test_usage_without_reasoning_has_no_details(client):
+    chunks = list(stream(client, "plain count [[tokens:5]]"))
+
+    assert chunks[-1].usage.completion_tokens_details is None
+
+
+def test_usage_in_choice_counts_reasoning_too(client):
+    chunks = list(stream(client, "inside [[reasoning:2]] [[usage_in_choice]]"))
+
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage.completion_tokens == 2 + 30
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == 2
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_max_tokens_inside_the_reasoning_sends_no_answer(client, field):
+    prompt = f"cut short [[reasoning:8]] [[reasoning_field:{field}]]"
+    chunks = list(stream(client, prompt, max_tokens=3))
+
+    assert reasoning_of(chunks, field) == build_reasoning(ask("cut short"), 8)[:3]
+    assert content_chunks(chunks) == []
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == 3
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == 3
+
+
+def test_max_tokens_inside_think_reasoning_leaves_the_tag_open(client):
+    prompt = "cut open [[reasoning:8]] [[reasoning_field:think]] [[split_think]]"
+    chunks = list(stream(client, prompt, max_tokens=3))
+
+    reasoning = build_reasoning(ask("cut open"), 8)[:3]
+    contents = [c.choices[0].delta.content for c in content_chunks(chunks)]
+    assert contents == ["<th", "ink>" + reasoning[0], reasoning[1], reasoning[2]]
+    assert chunks[-2].choices[0].finish_reason == "length"
+
+
+def test_max_tokens_counts_reasoning_before_the_answer(client):
+    chunks = list(stream(client, "then answer [[reasoning:4]]", max_tokens=6))
+
+    assert len(reasoning_of(chunks, "reasoning_content")) == 4
+    assert text_of(chunks) == "".join(build_reply(ask("then answer"), 30)[:2])
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == 6
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == 4
+
+
+def test_fault_counts_answer_chunks_after_all_the_reasoning(client, port):
+    prompt = "reason then fail [[reasoning:4]] [[error_after:2]]"
+    chunks, error = read_until_error(stream(client, prompt))
+
+    assert len(reasoning_of(chunks, "reasoning_content")) == 4
+    assert len(content_chunks(chunks)) == 2
+    assert type(error) is openai.APIError
+    record = wait_outcome(port, "reason then fail")
+    assert record["outcome"] == "error_midstream"
+    assert record["chunks_sent"] == 1 + 4 + 2 + 1
+
+
+def test_think_reasoning_does_not_count_for_faults(client):
+    prompt = (
+        "think then drop [[reasoning:3]] [[reasoning_field:think]] [[close_after:1]]"
+    )
+    chunks, error = read_until_error(stream(client, prompt))
+
+    reasoning = build_reasoning(ask("think then drop"), 3)
+    reply = build_reply(ask("think then drop"), 30)
+    assert text_of(chunks) == "<think>" + "".join(reasoning) + "</think>" + reply[0]
+    assert type(error) is openai.APIConnectionError
+
+
+def test_reasoning_is_paced_like_content(client):
+    started = time.monotonic()
+    prompt = "slow thought [[ttft:0.2]] [[tps:40]] [[reasoning:4]] [[tokens:2]]"
+    times = [
+        time.monotonic() - started
+        for c in stream(client, prompt)
+        if content_chunks([c]) or reasoning_of([c], "reasoning_content")
+    ]
+
+    assert len(times) == 6
+    assert times[0] >= 0.2
+    assert times[-1] - times[0] >= 5 / 40 * 0.9
+
+
+def test_whole_completion_carries_the_reasoning(client):
+    completion = client.chat.completions.create(
+        model=MODEL, messages=ask("whole thought [[reasoning:5]]")
+    )
+
+    message = completion.choices[0].message
+    expected = "".join(build_reasoning(ask("whole thought"), 5))
+    assert message.model_extra["reasoning_content"] == expected
+    assert message.content == "".join(build_reply(ask("whole thought"), 30))
+    assert completion.usage.completion_tokens == 35
+    assert completion.usage.completion_tokens_details.reasoning_tokens == 5
