@@ -1,11 +1,15 @@
 import gc
 import os
 
+# Patch the standard library before anything imports socket or threading.
 if os.environ.get("ASYNC_MODE", "eventlet") == "eventlet":
-    # Patch the standard library before anything imports socket or threading.
     import eventlet
 
     eventlet.monkey_patch()
+elif os.environ.get("ASYNC_MODE") == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
 
 from app import create_app, socketio  # noqa: E402
 

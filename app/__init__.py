@@ -1,7 +1,7 @@
 """The chat relay service: ``create_app`` builds it, ``socketio`` serves it."""
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
@@ -29,6 +29,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+    # httpx logs every upstream request at INFO; the relay logs each chat itself.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
 
     from . import events, tokens  # noqa: F401  (registers the Socket.IO handlers)
     from .providers import make_provider
@@ -66,7 +68,22 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         manage_session=False,
         **options,
     )
+    app.wsgi_app = _without_websocket_compression(app.wsgi_app)
     if cluster is not None:
         cluster.start()
     tokens.warm_up()
+    return app
+
+
+def _without_websocket_compression(wsgi_app: Callable) -> Callable:
+    """Decline permessage-deflate, which browsers and socket.io-client offer.
+
+    Each chunk event is a few dozen bytes, which deflate barely shrinks, and each
+    compressed connection costs a zlib compressor (~100 KB) and CPU per frame;
+    Socket.IO's own Node server turns it off by default for the same reasons."""
+
+    def app(environ: dict[str, Any], start_response: Callable) -> Any:
+        environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        return wsgi_app(environ, start_response)
+
     return app

@@ -91,6 +91,13 @@ def identify(auth: Any, environ: Mapping[str, Any], config: Mapping[str, Any]) -
     raise Unauthorized("the token is not valid")
 
 
+def may_resume(identity: str, owner: str) -> bool:
+    """Whether ``identity`` may pick up a stream that ``owner`` started."""
+    # An anonymous client's address may change between connections (a phone moving
+    # networks); the token alone decides. An authenticated one must be the same user.
+    return identity.startswith("addr:") or identity == owner
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m app.auth", description="Mint a signed token for AUTH_SECRET."

@@ -18,12 +18,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from .protocol import ProtocolError
-from .streams import MemoryStreamStore, Stream
+from .providers.base import ANSWER, REASONING, Piece
+from .streams import Event, MemoryStreamStore, Stream
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,34 @@ FLUSH_SECONDS = 0.05
 # How long a live stream's mirror outlives its last write (refreshed while it runs).
 LIVE_TTL_SECONDS = 600
 REPLY_TIMEOUT_SECONDS = 3.0
+
+
+# Each mirrored chunk is its text behind one letter naming its kind.
+_KIND_LETTER = {ANSWER: "a", REASONING: "r"}
+_LETTER_KIND = {letter: kind for kind, letter in _KIND_LETTER.items()}
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """What Redis holds of a stream: its owner node, its connection and user, and its
+    terminal event once it has ended."""
+
+    id: str
+    node: str
+    sid: str
+    identity: str
+    terminal: Event | None
+
+    @classmethod
+    def parse(cls, meta: dict[str, str]) -> "Mirror":
+        terminal = json.loads(meta["terminal"]) if meta.get("terminal") else None
+        return cls(
+            id=meta["id"],
+            node=meta["node"],
+            sid=meta.get("sid", ""),
+            identity=meta["identity"],
+            terminal=(terminal[0], terminal[1]) if terminal else None,
+        )
 
 
 def _key(token: str) -> str:
@@ -150,7 +180,7 @@ class ClusterStreamStore(MemoryStreamStore):
                 # whole, never appended to twice.
                 pipe.delete(key + ":c")
             if parts:
-                pipe.rpush(key + ":c", *parts)
+                pipe.rpush(key + ":c", *(_KIND_LETTER[k] + t for k, t in parts))
             pipe.hset(key, mapping=meta)
             pipe.expire(key, ttl)
             pipe.expire(key + ":c", ttl)
@@ -174,12 +204,14 @@ class ClusterStreamStore(MemoryStreamStore):
 
     # -- what other nodes read ---------------------------------------------------------
 
-    def mirrored(self, token: str) -> dict[str, str] | None:
+    def mirrored(self, token: str) -> Mirror | None:
         meta = self.redis.hgetall(_key(token))
-        return meta or None
+        return Mirror.parse(meta) if meta else None
 
-    def mirrored_chunks(self, token: str, after: int) -> list[str]:
-        return self.redis.lrange(_key(token) + ":c", after + 1, -1)
+    def mirrored_chunks(self, token: str, after: int) -> list[Piece]:
+        """The mirrored chunks after seq ``after``, as (kind, text)."""
+        entries = self.redis.lrange(_key(token) + ":c", after + 1, -1)
+        return [(_LETTER_KIND[entry[0]], entry[1:]) for entry in entries]
 
     def token_for(self, sid: str, request_id: str) -> str | None:
         return self.redis.hget(_sid_key(sid), request_id)
@@ -199,7 +231,7 @@ class Cluster:
         self._replies: dict[str, tuple[threading.Event, list[Any]]] = {}
         # Streams owned elsewhere whose client is connected here: token -> sid.
         self.watched: dict[str, str] = {}
-        self.on_owner_lost: Callable[[str, str, dict[str, str]], None] | None = None
+        self.on_owner_lost: Callable[[str, str, Mirror], None] | None = None
 
     @staticmethod
     def new_node_id() -> str:
@@ -295,10 +327,10 @@ class Cluster:
 
     def _check_watched(self) -> None:
         for token, sid in list(self.watched.items()):
-            meta = self.store.mirrored(token)
-            if meta is None or meta.get("terminal"):
+            mirror = self.store.mirrored(token)
+            if mirror is None or mirror.terminal is not None:
                 self.watched.pop(token, None)
-            elif not self.store.alive(meta["node"]):
+            elif not self.store.alive(mirror.node):
                 self.watched.pop(token, None)
                 if self.on_owner_lost is not None:
-                    self.on_owner_lost(token, sid, meta)
+                    self.on_owner_lost(token, sid, mirror)

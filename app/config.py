@@ -55,13 +55,15 @@ class Config:
     UPSTREAM_STREAM_USAGE = _bool("UPSTREAM_STREAM_USAGE", True)
     UPSTREAM_FAILURES_TO_TRIP = _int("UPSTREAM_FAILURES_TO_TRIP", 5)
     UPSTREAM_COOLDOWN_SECONDS = _float("UPSTREAM_COOLDOWN_SECONDS", 10)
+    # Reasoning inline in the content, between <think> tags, streams as reasoning.
+    THINK_TAGS = _bool("THINK_TAGS", True)
 
     # Offline demo model
     DEMO_TTFT = _float("DEMO_TTFT", 0.4)
     DEMO_TOKENS_PER_SECOND = _float("DEMO_TOKENS_PER_SECOND", 40)
 
-    # While the process is busy, each stream sends at most one chunk event per this
-    # window (app/coalesce.py); 0 turns it off. An idle server never delays a chunk.
+    # Each stream sends at most one chunk event per this window, and reads its model
+    # at most once per window (app/pacing.py); 0 turns it off.
     COALESCE_WINDOW_MS = _float("COALESCE_WINDOW_MS", 40)
 
     # Resume

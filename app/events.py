@@ -22,7 +22,14 @@ def _reject(exc: ProtocolError) -> dict[str, Any]:
     # Both an error event and a negative ack: clients that do not ask for acks learn
     # of the rejection too.
     emit("error", exc.payload(), to=request.sid)
-    return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+    return {
+        "ok": False,
+        "error": {
+            "code": exc.code,
+            "message": exc.message,
+            "retryable": exc.retryable,
+        },
+    }
 
 
 @socketio.on("connect")
@@ -30,6 +37,8 @@ def connect(auth: Any = None) -> None:
     """Sent by a client opening a connection, with an optional ``{token}`` auth payload.
 
     The client receives the connection, or a connect error with the reason."""
+    if request.sid in _relay().identities:
+        return  # a client's own event named "connect", not a new connection
     try:
         identity = identify(auth, request.environ, current_app.config)
     except Unauthorized as exc:
@@ -46,7 +55,7 @@ def chat(data: Any = None, *_: Any) -> dict[str, Any]:
     events and one ``done`` or ``error``."""
     try:
         chat_request = parse_chat(data, _relay().limits)
-        stream = _relay().start(request.sid, chat_request)
+        stream = _relay().admit(request.sid, chat_request)
     except ProtocolError as exc:
         return _reject(exc)
     return {
@@ -89,6 +98,11 @@ def disconnect(*_: Any) -> None:
     """Raised by the server when a client's connection ends.
 
     Nobody receives a reply; the client's generations wait for it to resume."""
+    if socketio.server.manager.is_connected(request.sid, "/"):
+        # A client's own event named "disconnect": python-socketio hands it to this
+        # handler too, but the connection is still open (a real disconnection is
+        # marked as pending before the handler runs).
+        return
     _relay().disconnect(request.sid)
 
 

@@ -28,7 +28,7 @@ class Metrics:
         )
         self.coalesced = Counter(
             "chat_coalesced_frames",
-            "Chunk events that carried more than one upstream delta",
+            "Chunk events that carried more than one upstream delta (coalescing)",
             registry=self.registry,
         )
         self.finished = Counter(
@@ -51,12 +51,7 @@ class Metrics:
         self.loop_lag = Gauge(
             "chat_loop_lag_seconds",
             "How late the server wakes its tasks (moving average; measured while "
-            "coalescing is configured)",
-            registry=self.registry,
-        )
-        self.coalescing = Gauge(
-            "chat_coalescing",
-            "1 while the server is busy and coalesces chunks, else 0",
+            "streams are paced)",
             registry=self.registry,
         )
         self.resumes = Counter(

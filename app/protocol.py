@@ -50,6 +50,31 @@ class ProtocolError(Exception):
         return data
 
 
+def already_live(request_id: str) -> ProtocolError:
+    return ProtocolError(
+        "invalid_request",
+        f"id: {request_id!r} is already live on this connection",
+        request_id,
+    )
+
+
+def resume_denied(request_id: str) -> ProtocolError:
+    return ProtocolError(
+        "resume_denied",
+        f"id: no resumable request {request_id!r} with this token",
+        request_id,
+    )
+
+
+def interrupted(request_id: str) -> dict[str, Any]:
+    """The error event of a request whose generating node died."""
+    return ProtocolError(
+        "interrupted",
+        "the server generating this answer stopped; retry",
+        request_id,
+    ).payload()
+
+
 class _Strict(BaseModel):
     # Strict: "3" is not a number and true is not 1; extra keys name a typo.
     model_config = ConfigDict(strict=True, extra="forbid")

@@ -1,13 +1,17 @@
-"""The relay: runs each accepted request's generation and streams it to its client.
+"""The relay: admits each chat request and runs its generation to one client.
 
-Every event here is emitted with ``to=<the stream's sid>``; nothing is broadcast. A
-request ends exactly once, with ``done`` or ``error``: whichever of the generation, a
-``stop``, a failure or shutdown gets to ``_end`` first wins, under the stream's lock,
-and no chunk is sent after that. Chunks are kept, so a client that lost its connection
-can ``resume`` and get every chunk it missed, in order, before the live ones.
+Every event goes to the stream's own connection; nothing is broadcast. A request ends
+exactly once, with ``done`` or ``error``: whichever of the generation, a ``stop``, a
+failure or shutdown gets to ``_end`` first wins, under the stream's lock, and no chunk
+is sent after that. Chunks are kept, so a client that lost its connection can
+``resume`` and get every chunk it missed, in order, before the live ones.
+
+A generation reads the model a batch at a time (``providers.base``). After each chunk
+event it sends, it waits out the coalescing window (``pacing.py``) before it reads
+again, so a stream sends at most one event per window and the text that came meanwhile
+rides in the next one: fewer reads, fewer frames, the same text.
 """
 
-import json
 import logging
 import random
 import threading
@@ -15,30 +19,34 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from engineio.packet import MESSAGE
-from engineio.packet import Packet as EioPacket
 from flask_socketio import SocketIO
 from limits import parse as parse_limit
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from . import tokens
+from .auth import may_resume
 from .breaker import CircuitBreaker
 from .cluster import Cluster
-from .coalesce import TICK, Coalescer
+from .delivery import GONE, Connection, LocalConnection, RemoteConnection
 from .metrics import Metrics
-from .protocol import ChatRequest, Limits, ProtocolError
+from .pacing import Pacer
+from .protocol import (
+    ChatRequest,
+    Limits,
+    ProtocolError,
+    already_live,
+    resume_denied,
+)
 from .providers import Provider, Result, UpstreamError
-from .streams import Event, MemoryStreamStore, Stream
+from .providers.base import ANSWER, Batch
+from .streams import MemoryStreamStore, Stream
 
 log = logging.getLogger(__name__)
 
 # Failures that say the upstream is down, as opposed to refusing one request: these
 # trip the circuit breaker, and are retried while the client has seen no text.
 _OUTAGE_CODES = {"upstream_unavailable", "upstream_timeout"}
-
-# Compact JSON, as python-socketio writes its packets; one encoder, made once.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Relay:
@@ -56,6 +64,7 @@ class Relay:
         self.max_per_identity: int = config["MAX_STREAMS_PER_IDENTITY"]
         self.resume_grace: float = config["RESUME_GRACE_SECONDS"]
         self.max_retries: int = config["UPSTREAM_MAX_RETRIES"]
+        self.window: float = config["COALESCE_WINDOW_MS"] / 1000
         self.limits = Limits(
             models=list(provider.models),
             default_model=provider.default_model,
@@ -76,27 +85,23 @@ class Relay:
         )
         self.cluster = cluster
         self.store = cluster.store if cluster is not None else MemoryStreamStore()
-        self.coalescer = Coalescer(
-            config["COALESCE_WINDOW_MS"] / 1000,
+        self.pacer = Pacer(
             socketio.start_background_task,
             socketio.sleep,
-            self._flush_held,
+            lambda: socketio.server.eio.create_event(),
         )
-        pace_with = getattr(provider, "pace_with", None)
-        if pace_with is not None:
-            pace_with(self.coalescer.current_window)
+        self.forwarding = None
         if cluster is not None:
-            cluster.handlers["resume"] = self._resume_for_peer
-            cluster.handlers["stop"] = self._stop_for_peer
-            cluster.on_owner_lost = self._owner_lost
+            from .forwarding import Forwarding
+
+            self.forwarding = Forwarding(self, cluster)
+        # This node's connections: who they are, and where their events go.
         self.identities: dict[str, str] = {}
+        self.connections: dict[str, Connection] = {}
         self.metrics = Metrics()
         self.metrics.connections.set_function(lambda: len(self.identities))
         self.metrics.active_streams.set_function(self.live_count)
-        self.metrics.loop_lag.set_function(lambda: self.coalescer.lag)
-        self.metrics.coalescing.set_function(
-            lambda: float(self.coalescer.current_window() > 0)
-        )
+        self.metrics.loop_lag.set_function(lambda: self.pacer.lag)
         self.accepting = True
         self._reaper_started = False
         self._reaper_lock = threading.Lock()
@@ -105,9 +110,11 @@ class Relay:
 
     def connect(self, sid: str, identity: str) -> None:
         self.identities[sid] = identity
+        self.connections[sid] = LocalConnection(self.socketio, sid)
 
-    def start(self, sid: str, request: ChatRequest) -> Stream:
-        """Accept a request for ``sid`` and start generating in the background."""
+    def admit(self, sid: str, request: ChatRequest) -> Stream:
+        """Accept a request for ``sid`` and start generating in the background, or
+        raise ``ProtocolError`` with the reason it is refused."""
         if not self.accepting:
             raise ProtocolError(
                 "shutting_down", "the server is restarting; retry shortly", request.id
@@ -133,7 +140,7 @@ class Relay:
         try:
             self.store.add(stream, self.max_per_connection, self.max_per_identity)
         except LookupError:
-            raise _already_live(request.id) from None
+            raise already_live(request.id) from None
         except OverflowError as full:
             where, cap = (
                 ("this connection", self.max_per_connection)
@@ -147,7 +154,6 @@ class Relay:
                 request.id,
             ) from None
         self.metrics.requests.inc()
-        self.coalescer.start()
         self.socketio.start_background_task(self._run, stream)
         return stream
 
@@ -162,21 +168,17 @@ class Relay:
     def stop(self, sid: str, request_id: str) -> None:
         """End a live request now with ``done`` (cancelled).
 
-        Its worker closes the upstream stream when it next wakes."""
+        Its generation closes the upstream stream when it next wakes."""
         stream = self.store.live(sid, request_id)
-        if (
-            stream is None
-            and self.cluster is not None
-            and self._stop_remote(sid, request_id)
-        ):
-            return
         if stream is None:
+            if self.forwarding is not None and self.forwarding.stop(sid, request_id):
+                return
             raise ProtocolError(
                 "unknown_id",
                 f"id: no live request {request_id!r} on this connection",
                 request_id,
             )
-        self._finish(stream, "cancelled")
+        self.finish(stream, "cancelled")
 
     def resume(
         self,
@@ -191,15 +193,15 @@ class Relay:
         Returns how many chunks were replayed."""
         identity = identity or self.identities.get(sid, "unknown")
         stream = self.store.by_token(token)
-        if stream is None and self.cluster is not None:
-            return self._resume_remote(sid, request_id, token, after, identity)
+        if stream is None and self.forwarding is not None:
+            return self.forwarding.resume(sid, request_id, token, after, identity)
         if (
             stream is None
             or stream.id != request_id
             or stream.abandoned
-            or not _may_resume(identity, stream.identity)
+            or not may_resume(identity, stream.identity)
         ):
-            raise _denied(request_id)
+            raise resume_denied(request_id)
         with stream.lock:
             if after > len(stream.parts) - 1:
                 raise ProtocolError(
@@ -211,22 +213,25 @@ class Relay:
             try:
                 self.store.attach(stream, sid)
             except LookupError:
-                raise _already_live(request_id) from None
-            missing = stream.chunks_after(after)
-            for chunk in missing:
-                self._emit("chunk", chunk, sid)
+                raise already_live(request_id) from None
+            connection = self.connection(sid)
+            replayed = len(stream.parts) - 1 - after
+            for seq in range(after + 1, len(stream.parts)):
+                kind, delta = stream.parts[seq]
+                connection.send_chunk(stream.id, seq, kind, delta)
             if stream.terminal is not None:
-                self._emit(*stream.terminal, sid)
+                connection.send(*stream.terminal)
                 stream.expires_at = time.monotonic() + self.resume_grace
         self.metrics.resumes.inc()
         log.info("request %s resumed after seq %d", request_id, after)
-        return len(missing)
+        return replayed
 
     def disconnect(self, sid: str) -> None:
         """The disconnect policy: a vanished client's generations go on for the resume
         grace window, kept for it to resume; then they are abandoned, which closes the
         upstream stream so that nobody pays for an answer nobody will read."""
         self.identities.pop(sid, None)
+        self.connections.pop(sid, None)
         if self.cluster is not None:
             self.cluster.unwatch_sid(sid)
         streams = self.store.detach_all(sid)
@@ -235,6 +240,7 @@ class Relay:
             with stream.lock:
                 if self.resume_grace <= 0:
                     stream.abandoned = True
+                    stream.abort.fire()
                     self.store.drop(stream)
                 elif not stream.ended:
                     stream.expires_at = deadline
@@ -250,7 +256,7 @@ class Relay:
         while self.store.live_streams() and time.monotonic() < deadline:
             self.socketio.sleep(0.1)
         for stream in self.store.live_streams():
-            self._fail(
+            self.fail(
                 stream, "shutting_down", "the server is restarting; retry shortly"
             )
 
@@ -259,6 +265,16 @@ class Relay:
 
     def live_count(self) -> int:
         return len(self.store.live_streams())
+
+    def connection(self, sid: str) -> Connection:
+        """Where events for ``sid`` go: straight to it when it is connected here,
+        else through the message queue to the node it is connected to."""
+        connection = self.connections.get(sid)
+        if connection is not None:
+            return connection
+        if self.cluster is not None:
+            return RemoteConnection(self.socketio, sid)
+        return GONE
 
     # -- the generation ----------------------------------------------------------------
 
@@ -269,6 +285,8 @@ class Relay:
                 self._generate(stream)
                 return
             except UpstreamError as exc:
+                if stream.ended:
+                    return  # aborted: a stop or a departed client cut the read
                 if exc.code in _OUTAGE_CODES:
                     self.breaker.failure()
                 # Retry only while the client has seen nothing: never repeat text.
@@ -281,75 +299,61 @@ class Relay:
                     self.socketio.sleep(_backoff(attempt))
                     if not stream.ended:
                         continue
-                self._fail(stream, exc.code, exc.message)
+                self.fail(stream, exc.code, exc.message)
                 return
             except Exception:
                 log.exception("generation %s failed", stream.id)
-                self._fail(stream, "internal", "the server failed while answering")
+                self.fail(stream, "internal", "the server failed while answering")
                 return
 
     def _generate(self, stream: Stream) -> None:
-        generation = self.provider.stream(stream.request, stream.messages)
+        generation = self.provider.stream(stream.request, stream.messages, stream.abort)
         try:
             while not stream.ended:
                 try:
-                    delta = next(generation)
+                    batch = next(generation)
                 except StopIteration as end:
                     result: Result = end.value
                     self.breaker.success()
-                    self._finish(stream, result.finish_reason, result)
+                    self.finish(stream, result.finish_reason, result)
                     return
-                if delta:
-                    self._send_chunk(stream, delta)
+                if batch:
+                    self._send_batch(stream, batch)
+                    # One event per window: what arrives meanwhile waits upstream,
+                    # in the socket, and comes in the next read.
+                    if self.window and not stream.ended:
+                        self.pacer.wait_until(stream.last_frame_at + self.window)
         finally:
             # Closing the generator closes the upstream HTTP stream.
             generation.close()
 
-    def _send_chunk(self, stream: Stream, delta: str) -> None:
+    def _send_batch(self, stream: Stream, batch: Batch) -> None:
+        """Send a read's text: one chunk event per kind of text in it (each piece its
+        own event when coalescing is off)."""
+        if self.window and len(batch) > 1:
+            joined = _joined(batch)
+            if len(joined) < len(batch):
+                self.metrics.coalesced.inc(len(joined))
+            batch = joined
         with stream.lock:
             if stream.ended:
                 return
+            now = time.monotonic()
             if stream.first_token_at is None:
-                # The first chunk always leaves at once.
-                self.metrics.ttft.observe(time.monotonic() - stream.started)
-            else:
-                window = self.coalescer.current_window()
-                if window and (
-                    stream.pending
-                    or time.monotonic() - stream.last_frame_at < window - TICK
-                ):
-                    # At most one event per window while busy: this text waits
-                    # for the stream's next one.
-                    if not stream.pending:
-                        self.coalescer.hold(stream, stream.last_frame_at + window)
-                    stream.pending.append(delta)
-                    return
-            self._send_frame(stream, delta)
+                self.metrics.ttft.observe(now - stream.started)
+            connection = self.connection(stream.sid) if stream.sid else None
+            for kind, delta in batch:
+                seq = stream.append(kind, delta, now)
+                if connection is not None:
+                    connection.send_chunk(stream.id, seq, kind, delta)
+            stream.last_frame_at = now
+            self.metrics.chunks.inc(len(batch))
+            self.store.touched(stream)
 
-    def _flush_held(self, stream: Stream) -> None:
-        with stream.lock:
-            if stream.pending and not stream.ended:
-                self._send_frame(stream)
-
-    def _send_frame(self, stream: Stream, delta: str = "") -> None:
-        """Send held chunks and ``delta`` as one chunk event (caller holds the lock)."""
-        if stream.pending:
-            if len(stream.pending) > 1 or delta:
-                self.metrics.coalesced.inc()
-            delta = "".join(stream.pending) + delta
-            stream.pending.clear()
-        seq = stream.append(delta)
-        stream.last_frame_at = time.monotonic()
-        self.metrics.chunks.inc()
-        self.store.touched(stream)
-        if stream.sid is not None:
-            self._emit(
-                "chunk", {"id": stream.id, "seq": seq, "delta": delta}, stream.sid
-            )
-
-    def _finish(
+    def finish(
         self, stream: Stream, finish_reason: str, result: Result | None = None
     ) -> None:
+        """End ``stream`` with ``done`` (unless it ended already)."""
         payload = {
             "id": stream.id,
             "finish_reason": finish_reason,
@@ -365,7 +369,8 @@ class Relay:
                 payload["usage"]["completion_tokens"],
             )
 
-    def _fail(self, stream: Stream, code: str, message: str) -> None:
+    def fail(self, stream: Stream, code: str, message: str) -> None:
+        """End ``stream`` with an ``error`` event (unless it ended already)."""
         payload = ProtocolError(code, message, stream.id).payload()
         if self._end(stream, "error", payload):
             log.warning("request %s failed: %s: %s", stream.id, code, message)
@@ -381,8 +386,6 @@ class Relay:
         with stream.lock:
             if stream.ended:
                 return False
-            if stream.pending:
-                self._send_frame(stream)
             if event == "done":
                 now = time.monotonic()
                 # So a client whose library may hand it events out of order knows
@@ -391,6 +394,7 @@ class Relay:
                 payload["usage"] = _usage(stream, result)
                 payload["timing"] = {
                     "ttft_ms": _ms(stream.first_token_at, stream.started),
+                    "answer_ttft_ms": _ms(stream.first_answer_at, stream.started),
                     "total_ms": _ms(now, stream.started),
                 }
             stream.terminal = (event, payload)
@@ -401,104 +405,11 @@ class Relay:
             # Kept for the grace window, for a client that misses the end to resume.
             stream.expires_at = time.monotonic() + self.resume_grace
             if stream.sid is not None:
-                self._emit(event, payload, stream.sid)
+                self.connection(stream.sid).send(event, payload)
         self.store.ended(stream)
+        stream.abort.fire()
         self._ensure_reaper()
         return True
-
-    def _emit(self, event: str, payload: dict[str, Any], sid: str) -> None:
-        server = self.socketio.server
-        if self.cluster is not None and not server.manager.is_connected(sid, "/"):
-            # A client on another node: through the message queue.
-            self.socketio.emit(event, payload, to=sid)
-            return
-        # A client of this node gets its events directly: no Redis round trip, no
-        # other node decoding them, and none of the emit machinery for rooms,
-        # callbacks and binary attachments, which one text event to one client does
-        # not need (it was a quarter of the relay's time under load). The packet is
-        # Socket.IO's EVENT in the default namespace, as python-socketio writes it,
-        # handed to Engine.IO the way python-socketio's manager hands each one.
-        eio_sid = server.manager.eio_sid_from_sid(sid, "/")
-        if eio_sid is not None:
-            text = "2" + _encode([event, payload])
-            server._send_eio_packet(eio_sid, EioPacket(MESSAGE, text))
-
-    # -- several nodes -----------------------------------------------------------------
-
-    def _resume_remote(
-        self, sid: str, request_id: str, token: str, after: int, identity: str
-    ) -> int:
-        """Resume a stream this node does not hold: through its owner, or, when the
-        owner is gone, from the mirror, ending with a retryable error."""
-        assert self.cluster is not None
-        store = self.cluster.store
-        meta = store.mirrored(token)
-        if (
-            meta is None
-            or meta["id"] != request_id
-            or not _may_resume(identity, meta["identity"])
-        ):
-            raise _denied(request_id)
-        if not meta["terminal"] and store.alive(meta["node"]):
-            result = self.cluster.ask(
-                meta["node"],
-                {
-                    "op": "resume",
-                    "token": token,
-                    "id": request_id,
-                    "sid": sid,
-                    "after": after,
-                    "identity": identity,
-                },
-            )
-            if result["ok"]:
-                self.cluster.watch(token, sid)
-                self.metrics.resumes.inc()
-                return result["value"]
-            if result["code"] != "timeout":
-                raise ProtocolError(result["code"], result["message"], request_id)
-            # The owner did not answer: treat it as gone.
-        chunks = store.mirrored_chunks(token, after)
-        for seq, delta in enumerate(chunks, start=after + 1):
-            self._emit("chunk", {"id": request_id, "seq": seq, "delta": delta}, sid)
-        terminal: Event = (
-            tuple(json.loads(meta["terminal"]))  # type: ignore[assignment]
-            if meta["terminal"]
-            else ("error", _interrupted(request_id))
-        )
-        self._emit(*terminal, sid)
-        self.metrics.resumes.inc()
-        return len(chunks)
-
-    def _resume_for_peer(self, message: dict[str, Any]) -> int:
-        return self.resume(
-            message["sid"],
-            message["id"],
-            message["token"],
-            message["after"],
-            message["identity"],
-        )
-
-    def _stop_remote(self, sid: str, request_id: str) -> bool:
-        assert self.cluster is not None
-        store = self.cluster.store
-        token = store.token_for(sid, request_id)
-        meta = store.mirrored(token) if token else None
-        if token is None or meta is None or meta["terminal"]:
-            return False
-        if not store.alive(meta["node"]):
-            return False
-        self.cluster.send(meta["node"], {"op": "stop", "token": token})
-        return True
-
-    def _stop_for_peer(self, message: dict[str, Any]) -> None:
-        stream = self.store.by_token(message["token"])
-        if stream is not None:
-            self._finish(stream, "cancelled")
-
-    def _owner_lost(self, token: str, sid: str, meta: dict[str, str]) -> None:
-        log.warning("node %s died with request %s in flight", meta["node"], meta["id"])
-        self._emit("error", _interrupted(meta["id"]), sid)
 
     # -- expiry ------------------------------------------------------------------------
 
@@ -528,6 +439,7 @@ class Relay:
                     continue  # resumed meanwhile
                 if not stream.ended:
                     stream.abandoned = True
+                    stream.abort.fire()
                     self.metrics.abandoned.inc()
                     log.info(
                         "request %s abandoned: its client did not resume", stream.id
@@ -550,53 +462,44 @@ class ReapedMemoryStorage(MemoryStorage):
         self._MemoryStorage__expire_events()
 
 
-def _may_resume(identity: str, owner: str) -> bool:
-    # An anonymous client's address may change between connections (a phone moving
-    # networks); the token alone decides. An authenticated one must be the same user.
-    return identity.startswith("addr:") or identity == owner
-
-
-def _already_live(request_id: str) -> ProtocolError:
-    return ProtocolError(
-        "invalid_request",
-        f"id: {request_id!r} is already live on this connection",
-        request_id,
-    )
-
-
-def _denied(request_id: str) -> ProtocolError:
-    return ProtocolError(
-        "resume_denied",
-        f"id: no resumable request {request_id!r} with this token",
-        request_id,
-    )
-
-
-def _interrupted(request_id: str) -> dict[str, Any]:
-    return ProtocolError(
-        "interrupted",
-        "the server generating this answer stopped; retry",
-        request_id,
-    ).payload()
+def _joined(batch: Batch) -> Batch:
+    """The batch with consecutive pieces of the same kind joined into one."""
+    joined: Batch = [batch[0]]
+    for kind, text in batch[1:]:
+        if joined[-1][0] == kind:
+            joined[-1] = (kind, joined[-1][1] + text)
+        else:
+            joined.append((kind, text))
+    return joined
 
 
 def _usage(stream: Stream, result: Result | None) -> dict[str, Any]:
+    reasoning_text = stream.reasoning()
     if result is not None and result.usage is not None:
         usage = result.usage
+        reasoning = usage.reasoning_tokens
+        estimated = False
+        if reasoning is None:
+            # The upstream counted tokens but did not say how many were reasoning.
+            reasoning = tokens.count_text(reasoning_text)
+            estimated = bool(reasoning_text)
         return {
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.total_tokens,
-            "estimated": False,
+            "reasoning_tokens": reasoning,
+            "estimated": estimated,
         }
     # No usage from upstream (some servers never send it; a cancelled stream cannot):
     # count what was sent and received.
     prompt = tokens.count_messages(stream.messages)
-    completion = tokens.count_text(stream.text())
+    reasoning = tokens.count_text(reasoning_text)
+    completion = tokens.count_text(stream.text(ANSWER)) + reasoning
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "reasoning_tokens": reasoning,
         "estimated": True,
     }
 

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from .protocol import ChatRequest
+from .providers.base import ANSWER, REASONING, Abort, Kind, Piece
 
 Event = tuple[str, dict[str, Any]]
 
@@ -31,15 +32,17 @@ class Stream:
         self.request = request
         self.messages = messages
         self.token = secrets.token_urlsafe(24)
-        # One entry per chunk event sent: ``seq`` indexes it.
-        self.parts: list[str] = []
-        # Text held back by coalescing, sent with the next chunk event.
-        self.pending: list[str] = []
+        # One (kind, text) per chunk event sent: ``seq`` indexes it.
+        self.parts: list[Piece] = []
         self.terminal: Event | None = None
         # Set when nobody will read the answer: the generation stops, nothing is sent.
         self.abandoned = False
+        # Fired when the request ends other than by its generation finishing.
+        self.abort = Abort()
         self.started = time.monotonic()
+        # When the first text of either kind, and of the answer, was sent.
         self.first_token_at: float | None = None
+        self.first_answer_at: float | None = None
         # When the last chunk event left (monotonic): coalescing spaces them out.
         self.last_frame_at = 0.0
         # While away: when to give up on the client; once ended: when to forget.
@@ -56,21 +59,21 @@ class Stream:
     def ended(self) -> bool:
         return self.terminal is not None or self.abandoned
 
-    def append(self, delta: str) -> int:
-        """Keep a chunk; return its ``seq``."""
+    def append(self, kind: Kind, delta: str, now: float) -> int:
+        """Keep a chunk sent at ``now``; return its ``seq``."""
         if self.first_token_at is None:
-            self.first_token_at = time.monotonic()
-        self.parts.append(delta)
+            self.first_token_at = now
+        if kind == ANSWER and self.first_answer_at is None:
+            self.first_answer_at = now
+        self.parts.append((kind, delta))
         return len(self.parts) - 1
 
-    def chunks_after(self, after: int) -> list[dict[str, Any]]:
-        return [
-            {"id": self.id, "seq": seq, "delta": self.parts[seq]}
-            for seq in range(after + 1, len(self.parts))
-        ]
+    def text(self, kind: Kind = ANSWER) -> str:
+        """The text of one kind sent so far: the answer, or the reasoning."""
+        return "".join(text for part_kind, text in self.parts if part_kind == kind)
 
-    def text(self) -> str:
-        return "".join(self.parts)
+    def reasoning(self) -> str:
+        return self.text(REASONING)
 
 
 class MemoryStreamStore:

@@ -5,8 +5,12 @@ from client import ChatClient
 with ChatClient("http://127.0.0.1:5000") as chat:
     for text in chat.stream("Hello"):
         print(text, end="", flush=True)
+    for kind, text in chat.stream("Why?", reasoning=True):  # "reasoning" or "answer"
+        print(text, end="", flush=True)
 """
 
-from client.chat import DEFAULT_URL, ChatClient, ChatConnectionError, ChatError
+from client.answer import Delta
+from client.chat import DEFAULT_URL, ChatClient
+from client.errors import ChatConnectionError, ChatError
 
-__all__ = ["DEFAULT_URL", "ChatClient", "ChatConnectionError", "ChatError"]
+__all__ = ["DEFAULT_URL", "ChatClient", "ChatConnectionError", "ChatError", "Delta"]

@@ -11,65 +11,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, NamedTuple, overload
 
 import socketio
 
-DEFAULT_URL = "http://127.0.0.1:5000"
+from client.answer import ANSWER, GAP_RESUMES, GAP_SECONDS, Answer, Delta
+from client.errors import ChatConnectionError, ChatError
 
-# Negative acks carry only {code, message}; this mirrors the README's error table.
-RETRYABLE_CODES = frozenset(
-    {
-        "busy",
-        "rate_limited",
-        "upstream_rate_limited",
-        "upstream_unavailable",
-        "upstream_timeout",
-    }
-)
+DEFAULT_URL = "http://127.0.0.1:5000"
 
 # How often a waiting stream checks that a request the server has not acknowledged
 # still has a connection: without the ack's resume token it cannot be resumed.
 _POLL_SECONDS = 1.0
 
-# Refusals of a ``resume`` come as an error event and then the negative ack; the ack
-# says it (as ``disconnected``, or ``lost_chunks`` for a gap), so the error event does
-# not end the request.
-_RESUME_REFUSALS = frozenset({"resume_denied", "invalid_request"})
-
-# How long a hole in ``seq`` may last before the client asks for the missing chunks
-# again. python-socketio runs each event's handler on a thread of its own, so a chunk
-# may overtake the one before it by a moment; a hole that outlasts this was lost on the
-# way (with several nodes, Redis pub/sub drops what it carries while Redis restarts).
-GAP_SECONDS = 1.0
-
-# Resumes sent for one hole before giving up: one usually fills it; more cover a
-# replay lost too, or refused while the server's Redis is still coming back.
-GAP_RESUMES = 3
-
 EventCallback = Callable[[str, dict[str, Any]], None]
-
-
-class ChatError(Exception):
-    """A request that failed: ``code``, ``message`` and ``retryable``.
-
-    ``code`` is one of the server's error codes, the code of a refused connection
-    (``unauthorized``), or ``timeout``, ``connection_failed``, ``disconnected`` or
-    ``lost_chunks`` (chunks that never arrived and could not be fetched again) for
-    failures seen by the client.
-    """
-
-    def __init__(self, code: str, message: str, retryable: bool = False) -> None:
-        # One argument only: OSError (see ChatConnectionError) would read three as
-        # errno, strerror and filename.
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-
-
-class ChatConnectionError(ChatError, ConnectionError):
-    """The server cannot be reached, or the connection dropped mid-request."""
 
 
 class _GapPersists(ChatError):
@@ -91,169 +46,56 @@ def _reason(exc: Exception) -> str:
     return text
 
 
-class _Request:
-    """A request on the wire: its event queue, what a resume needs, and its ``stop``.
+class _Step(NamedTuple):
+    """An event as the stream consumes it, with what it did to the answer."""
 
-    Written by the Socket.IO threads (under ``lock``); the stream reads only
-    ``events``.
+    event: str
+    data: dict[str, Any]
+    ready: list[Delta]  # the text it put in seq order
+    failure: ChatError | None  # the error it ends the request with
+    result: dict[str, Any] | None  # the done, when it completed the answer
+
+
+class _Request:
+    """A request on the wire: its answer, its queue of steps, what a resume needs,
+    and its ``stop``.
+
+    The Socket.IO threads apply each event to ``answer`` as it arrives (under
+    ``lock``), so that a resume always continues after the last chunk in order, and
+    queue the step for the stream, which yields it and calls ``on_event``.
     """
 
     def __init__(self) -> None:
         self.id = uuid.uuid4().hex
-        self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.answer = Answer()
+        self.steps: queue.Queue[_Step] = queue.Queue()
         self.lock = threading.Lock()
         self.token: str | None = None  # the ack's resume_token
-        self.held = 0  # chunks 0 .. held-1 have arrived
-        self.ahead: set[int] = set()  # seqs that arrived past a gap
         # The server knows the id on the current connection: an ack, a chunk or a
         # resume ack came on it.
         self.started = False
         self.stop_wanted = False
         self.stop_sent = False
         self.stop_acked = False
-
-    def hold(self, seq: int) -> None:
-        if seq >= self.held:
-            self.ahead.add(seq)
-        while self.held in self.ahead:
-            self.ahead.remove(self.held)
-            self.held += 1
-
-
-def _chunks(done: dict[str, Any]) -> int:
-    count = done.get("chunks")
-    return count if isinstance(count, int) else 0
-
-
-class _Answer:
-    """Puts one request's events in order; ``feed`` returns the text now ready."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.next_seq = 0
-        self.early: dict[int, str] = {}  # chunks that overtook a missing seq
-        self.acked = False
+        # What the stream has consumed (it alone writes these): the chat's ack,
+        # and the done that completed the answer.
+        self.ack_consumed = False
         self.result: dict[str, Any] | None = None
-        # A done that overtook some of its chunks: python-socketio runs each event's
-        # handler on a thread of its own, so events may be handled out of order.
-        self.done_early: dict[str, Any] | None = None
-        # While the connection is down: when it dropped (monotonic), until a resume.
-        self.away_since: float | None = None
-        # While a seq is missing (chunks held past it, or a done waiting for it): when
-        # the hole was seen or last asked for again (monotonic), and how many resumes
-        # were sent for it.
-        self.gap_since: float | None = None
-        self.gap_resumes = 0
 
-    def feed(self, event: str, data: dict[str, Any]) -> list[str]:
+    def take(self, event: str, data: dict[str, Any]) -> _Step:
+        """Apply an event to the answer; the caller holds ``lock``."""
+        finished = self.answer.result is not None
         try:
-            return self._feed(event, data)
-        finally:
-            self._note_gap()
+            ready = self.answer.apply(event, data)
+        except ChatError as exc:
+            return _Step(event, data, [], exc, None)
+        result = None if finished else self.answer.result
+        return _Step(event, data, ready, None, result)
 
-    def _note_gap(self) -> None:
-        if not (self.early or self.done_early):
-            self.gap_since, self.gap_resumes = None, 0
-        elif self.gap_since is None:
-            self.gap_since = time.monotonic()
-
-    def gap_resume_sent(self) -> None:
-        """A resume went out for the current hole: give it the bound again."""
-        self.gap_resumes += 1
-        self.gap_since = time.monotonic()
-
-    def lost(self, reason: str) -> ChatError:
-        return ChatError(
-            "lost_chunks",
-            f"chunk {self.next_seq} of the answer never arrived and could not be "
-            f"fetched again ({reason}); retry",
-            retryable=True,
-        )
-
-    def _feed(self, event: str, data: dict[str, Any]) -> list[str]:
-        if event == "chunk":
-            seq, delta = data.get("seq"), data.get("delta")
-            if not isinstance(seq, int) or not isinstance(delta, str):
-                return []
-            if seq < self.next_seq or seq in self.early:
-                return []  # a duplicate
-            self.early[seq] = delta
-            ready = []
-            while self.next_seq in self.early:
-                ready.append(self.early.pop(self.next_seq))
-                self.next_seq += 1
-            self.parts += ready
-            if self.done_early is not None and self.next_seq >= _chunks(
-                self.done_early
-            ):
-                self.result, self.done_early = self.done_early, None
-            return ready
-        if event == "ack":
-            if not data.get("ok"):
-                error = data.get("error") or {}
-                code = str(error.get("code", "internal"))
-                raise ChatError(
-                    code,
-                    str(error.get("message", "request rejected")),
-                    bool(error.get("retryable", code in RETRYABLE_CODES)),
-                )
-            self.acked = True
-        elif event == "resume_ack":
-            if not data.get("ok"):
-                error = data.get("error") or {}
-                raise ChatConnectionError(
-                    "disconnected",
-                    "the connection dropped and the server refused to resume the "
-                    f"answer ({error.get('code')}: {error.get('message')})",
-                    retryable=True,
-                )
-            self.away_since = None
-            if self.gap_since is not None:
-                # The resume fills any hole too: it starts the bound afresh.
-                self.gap_since, self.gap_resumes = time.monotonic(), 0
-        elif event == "gap_resume_ack":
-            error = data.get("error") or {}
-            # A refusal is final; other failures (the server's Redis still away) are
-            # tried again, within GAP_RESUMES. Once the hole is filled, nothing to do.
-            if (
-                not data.get("ok")
-                and self.gap_since is not None
-                and error.get("code") in _RESUME_REFUSALS
-            ):
-                raise self.lost(f"{error.get('code')}: {error.get('message')}")
-        elif event == "error":
-            code = data.get("code")
-            # unknown_id answers a stop that crossed the done; the request is fine.
-            # A refused resume is said again by its negative ack.
-            resuming = self.away_since is not None or self.gap_resumes > 0
-            refused = resuming and code in _RESUME_REFUSALS
-            if code != "unknown_id" and not refused:
-                raise ChatError(
-                    str(data.get("code", "internal")),
-                    str(data.get("message", "")),
-                    bool(data.get("retryable", False)),
-                )
-        elif event == "done":
-            if self.next_seq < _chunks(data):
-                self.done_early = data  # finished once the missing chunks are in
-                return []
-            self.result = data
-        elif event == "disconnected":
-            # Without the ack there is no resume token: nothing to resume with.
-            if data.get("final") or not self.acked:
-                raise ChatConnectionError(
-                    "disconnected",
-                    f"the connection dropped before the answer was complete "
-                    f"({data.get('reason', 'unknown reason')})",
-                    retryable=True,
-                )
-            if self.away_since is None:
-                self.away_since = time.monotonic()
-        return []
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
+    def resume_point(self) -> tuple[str | None, int]:
+        """The ack's token and the last seq held in order; the caller holds
+        ``lock``."""
+        return self.token, self.answer.next_seq - 1
 
 
 class ChatClient:
@@ -265,6 +107,15 @@ class ChatClient:
 
     A connection that drops mid-answer is reconnected and the answer resumed
     where it stopped: the stream goes on yielding, with nothing lost or repeated.
+
+    A reasoning model's reasoning comes before its answer: ``stream(prompt)``
+    yields the answer only, ``stream(prompt, reasoning=True)`` both, as ``Delta``
+    pairs (``kind``, ``text``). The history holds the answers only.
+
+    ``last_result`` is the last completed answer's ``done`` payload as the server
+    sent it (``finish_reason``, ``usage`` with ``reasoning_tokens``, ``timing`` with
+    ``answer_ttft_ms``, ``model``), plus ``reasoning``: its reasoning text, ``""``
+    when it had none.
     """
 
     def __init__(
@@ -287,9 +138,10 @@ class ChatClient:
         the server keeps an answer for ``RESUME_GRACE_SECONDS`` (30 s by default).
 
         ``on_event(name, payload)`` sees every event of this client's requests as
-        it is consumed: ``ack``, ``chunk``, ``done``, ``error``, ``stop_ack``,
-        after a reconnection ``resume_ack``, and after a resume sent to fill a hole
-        in ``seq`` (see ``GAP_SECONDS``) ``gap_resume_ack``.
+        it is consumed, as the server sent it: ``ack``, ``chunk`` (reasoning ones
+        too), ``done``, ``error``, ``stop_ack``, after a reconnection
+        ``resume_ack``, and after a resume sent to fill a hole in ``seq`` (see
+        ``GAP_SECONDS``) ``gap_resume_ack``.
         """
         self.url = url
         self.model = model
@@ -392,20 +244,49 @@ class ChatClient:
 
     # Conversation
 
+    @overload
+    def stream(
+        self,
+        prompt: str,
+        *,
+        model: str | None = ...,
+        options: dict[str, Any] | None = ...,
+        reasoning: Literal[False] = ...,
+    ) -> Iterator[str]: ...
+
+    @overload
+    def stream(
+        self,
+        prompt: str,
+        *,
+        model: str | None = ...,
+        options: dict[str, Any] | None = ...,
+        reasoning: Literal[True],
+    ) -> Iterator[Delta]: ...
+
     def stream(
         self,
         prompt: str,
         *,
         model: str | None = None,
         options: dict[str, Any] | None = None,
-    ) -> Iterator[str]:
+        reasoning: bool = False,
+    ) -> Iterator[str] | Iterator[Delta]:
         """Send ``prompt`` with the history and yield the answer's text as it comes.
 
-        At ``done`` the exchange joins the history and ``last_result`` holds the
-        ``done`` payload. A failure raises ``ChatError`` and leaves the history as
-        it was. Leaving the loop early cancels the request, as ``stop()`` does: the
-        partial answer joins the history (unless it is empty: the server refuses
-        empty turns).
+        With ``reasoning=True`` it yields ``Delta(kind, text)`` pairs instead, in
+        the order the model wrote them: ``kind`` is ``"reasoning"`` for a reasoning
+        model's reasoning, which comes first, and ``"answer"`` for the answer::
+
+            for kind, text in chat.stream("Why is the sky blue?", reasoning=True):
+                print(text, end="", flush=True)
+
+        At ``done`` the exchange joins the history (the answer's text only, never
+        the reasoning) and ``last_result`` holds the ``done`` payload and the
+        reasoning text. A failure raises ``ChatError`` and leaves the history as it
+        was. Leaving the loop early cancels the request, as ``stop()`` does: the
+        partial answer joins the history (unless it is empty, as it is while the
+        model is still reasoning: the server refuses empty turns).
 
         A dropped connection is reconnected and the answer resumed unseen; it
         raises ``ChatError("disconnected")`` only when that fails for
@@ -431,7 +312,6 @@ class ChatClient:
             self._connected.wait(self.timeout)
         request = _Request()
         payload = {"id": request.id, **payload}
-        answer = _Answer()
         self.history.append(turn)
         self._live = request
         # Registered before the emit: a chunk may arrive before the ack.
@@ -439,27 +319,29 @@ class ChatClient:
             self._requests[request.id] = request
         try:
             self._emit("chat", payload, partial(self._dispatch, "ack", request=request))
-            while answer.result is None:
+            while request.result is None:
                 try:
-                    event, data = self._next_event(request, *self._bound(answer))
+                    step = self._next_step(request, *self._bound(request))
                 except _GapPersists:
-                    self._fill_gap(request, answer)
+                    self._fill_gap(request)
                     continue
-                try:
-                    ready = answer.feed(event, data)
-                except ChatError:
-                    if event == "error" and not answer.acked:
+                if step.failure is not None:
+                    if step.event == "error" and not request.ack_consumed:
                         # A rejected chat gets an error event and then a negative
                         # ack; wait for the ack so that on_event sees both.
-                        self._drain(request, answer, lambda: answer.acked)
-                    raise
-                yield from ready
+                        self._drain(request, lambda: request.ack_consumed)
+                    raise step.failure
+                for delta in step.ready:
+                    if reasoning:
+                        yield delta
+                    elif delta.kind == ANSWER:
+                        yield delta.text
         except GeneratorExit:
             # The consumer left early: cancel, then wait briefly for the done so
             # that the history gets the partial answer and the server frees the
             # slot before the next request (it caps requests per connection).
             self._request_stop(request)
-            self._drain(request, answer, lambda: answer.result is not None)
+            self._drain(request, lambda: request.result is not None)
             raise
         except ChatError as exc:
             if exc.code == "lost_chunks":
@@ -467,7 +349,7 @@ class ChatClient:
                 # what nobody will read. Its ack is awaited (briefly): a connection
                 # closed right after may otherwise be handled before the stop.
                 self._request_stop(request)
-                self._drain(request, answer, lambda: request.stop_acked)
+                self._drain(request, lambda: request.stop_acked)
             raise  # otherwise the server (or the connection) has already ended it
         except BaseException:
             # A KeyboardInterrupt or a failing on_event leaves the request running.
@@ -477,7 +359,7 @@ class ChatClient:
             with self._requests_lock:
                 self._requests.pop(request.id, None)
             self._live = None
-            self._settle(turn, answer)
+            self._settle(turn, request)
 
     def ask(
         self,
@@ -486,7 +368,8 @@ class ChatClient:
         model: str | None = None,
         options: dict[str, Any] | None = None,
     ) -> str:
-        """The whole answer to ``prompt``, as ``stream`` would yield it."""
+        """The whole answer to ``prompt``, as ``stream`` would yield it; any
+        reasoning is in ``last_result["reasoning"]``."""
         return "".join(self.stream(prompt, model=model, options=options))
 
     def stop(self) -> None:
@@ -521,18 +404,22 @@ class ChatClient:
                 "disconnected", f"not connected to {self.url}", retryable=True
             ) from None
 
-    def _bound(self, answer: _Answer) -> tuple[float | None, ChatError | None]:
+    def _bound(self, request: _Request) -> tuple[float | None, ChatError | None]:
         """When waiting for the next event must end, and the error it ends with."""
-        if answer.away_since is not None:
-            return answer.away_since + self.resume_timeout, ChatConnectionError(
+        with request.lock:
+            answer = request.answer
+            away_since, gap_since = answer.away_since, answer.gap_since
+            answered = answer.answered
+        if away_since is not None:
+            return away_since + self.resume_timeout, ChatConnectionError(
                 "disconnected",
                 "the connection dropped and could not be resumed within "
                 f"{self.resume_timeout:g}s",
                 retryable=True,
             )
-        if answer.gap_since is not None:
-            return answer.gap_since + GAP_SECONDS, _GapPersists()
-        if not (answer.acked or answer.parts or answer.early):
+        if gap_since is not None:
+            return gap_since + GAP_SECONDS, _GapPersists()
+        if not answered:
             # Until the server answers at all, a lost request must not hang us;
             # after that the server's own upstream timeouts bound the wait.
             return time.monotonic() + self.timeout, ChatError(
@@ -542,16 +429,20 @@ class ChatClient:
             )
         return None, None
 
-    def _fill_gap(self, request: _Request, answer: _Answer) -> None:
+    def _fill_gap(self, request: _Request) -> None:
         """Ask again, on this connection, for the chunks after the last contiguous
         one; the server replays them (and the end, if it came); duplicates drop."""
-        if answer.gap_resumes >= GAP_RESUMES:
-            raise answer.lost(
-                f"still missing after {GAP_RESUMES} resumes of {GAP_SECONDS:g}s each"
-            )
         with request.lock:
-            token, after = request.token, request.held - 1
-        answer.gap_resume_sent()
+            answer = request.answer
+            if answer.gap_since is None:
+                return  # filled while the bound ran out
+            if answer.gap_resumes >= GAP_RESUMES:
+                raise answer.lost(
+                    f"still missing after {GAP_RESUMES} resumes of "
+                    f"{GAP_SECONDS:g}s each"
+                )
+            token, after = request.resume_point()
+            answer.gap_resume_sent()
         # Without the ack's token there is nothing to resume with yet: the attempt
         # counts all the same, so a lost ack cannot make the stream wait forever.
         if token is not None:
@@ -563,12 +454,13 @@ class ChatClient:
                     partial(self._dispatch, "gap_resume_ack", request=request),
                 )
 
-    def _next_event(
+    def _next_step(
         self,
         request: _Request,
         deadline: float | None = None,
         late: ChatError | None = None,
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> _Step:
+        """The next step of ``request`` for its stream, which alone calls this."""
         while True:
             wait = _POLL_SECONDS
             if deadline is not None:
@@ -576,38 +468,48 @@ class ChatClient:
                 if wait <= 0:
                     raise late or ChatError("timeout", "no answer", retryable=True)
             try:
-                event, data = request.events.get(timeout=wait)
+                step = request.steps.get(timeout=wait)
             except queue.Empty:
                 # The disconnect handler tells the requests it knows of; this
                 # catches a chat sent as the connection dropped, which no resume
                 # can save (no ack, no token).
                 if request.token is None and not self._sio.connected:
-                    event, data = "disconnected", {"reason": "connection lost"}
+                    with request.lock:
+                        step = request.take(
+                            "disconnected", {"reason": "connection lost"}
+                        )
                 else:
                     continue
-            if self.on_event is not None and event != "disconnected":
-                self.on_event(event, data)
-            return event, data
+            if self.on_event is not None and step.event != "disconnected":
+                self.on_event(step.event, step.data)
+            # After on_event: an event it failed on was not consumed.
+            if step.event == "ack":
+                request.ack_consumed = True
+            if step.result is not None:
+                request.result = step.result
+            return step
 
-    def _drain(
-        self, request: _Request, answer: _Answer, until: Callable[[], bool]
-    ) -> None:
-        """Consume events without yielding them, for at most ``timeout`` seconds."""
+    def _drain(self, request: _Request, until: Callable[[], bool]) -> None:
+        """Consume steps without yielding them, for at most ``timeout`` seconds."""
         deadline = time.monotonic() + self.timeout
-        # A ChatError ends the wait: the failure is already known or moot.
+        # A failure ends the wait: it is already known or moot.
         with contextlib.suppress(ChatError):
             while not until():
-                answer.feed(*self._next_event(request, deadline))
+                if self._next_step(request, deadline).failure is not None:
+                    return
 
-    def _settle(self, turn: dict[str, str], answer: _Answer) -> None:
+    def _settle(self, turn: dict[str, str], request: _Request) -> None:
         """Record a finished exchange, or take back the turn of a failed one."""
         ours = bool(self.history) and self.history[-1] is turn  # unless reset()
-        if answer.result is not None:
-            self.last_result = answer.result
+        result = request.result  # as the stream consumed it
+        if result is not None:
+            with request.lock:
+                text, reasoning = request.answer.text, request.answer.reasoning
+            self.last_result = {**result, "reasoning": reasoning}
         if not ours:
             return
-        if answer.result is not None and answer.text:
-            self.history.append({"role": "assistant", "content": answer.text})
+        if result is not None and text:
+            self.history.append({"role": "assistant", "content": text})
         else:
             # Failed, or stopped before any text: the server rejects an empty turn.
             self.history.pop()
@@ -619,7 +521,7 @@ class ChatClient:
     def _dispatch(
         self, event: str, data: Any = None, request: _Request | None = None
     ) -> None:
-        """Route an event to its request's queue, noting what a resume needs.
+        """Apply an event to its request's answer and queue the step for its stream.
 
         Every event a stream sees passes through here: the server's events (routed
         by their id; other ids are not ours), the acks of ``chat``, ``stop`` and
@@ -639,8 +541,6 @@ class ChatClient:
         started = False
         with request.lock:
             if event == "chunk":
-                if isinstance(data.get("seq"), int):
-                    request.hold(data["seq"])
                 started = True
             elif event in ("ack", "resume_ack") and data.get("ok"):
                 if event == "ack":
@@ -653,16 +553,18 @@ class ChatClient:
                 # as the old one dropped may never have arrived.
                 request.started = False
                 request.stop_sent = False
+            # Queued under the lock: the stream sees the steps in the order they
+            # were applied.
+            request.steps.put(request.take(event, data))
         if started:
             self._mark_started(request)
-        request.events.put((event, data))
 
     def _on_connect(self) -> None:
         """Resume the requests a dropped connection left, on this new one."""
         self._reconnecting = False
         for request in self._registered():
             with request.lock:
-                token, after = request.token, request.held - 1
+                token, after = request.resume_point()
             # Without a token the request was never acknowledged: its stream fails.
             if token is not None:
                 with contextlib.suppress(ChatError):  # dropped again: next connect

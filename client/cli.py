@@ -4,6 +4,9 @@ Exit status: 0 answered, 1 the request failed, 2 usage error, 3 the server
 cannot be reached or refused the connection, or the connection dropped and the
 answer could not be resumed, 130 interrupted by Ctrl-C.
 
+A reasoning model's reasoning is printed before its answer, dimmed when stdout is a
+terminal, with a blank line between the two; ``--no-reasoning`` leaves it out.
+
 A connection that drops mid-answer is reconnected and the answer resumed where it
 stopped; ``--json`` shows the ``resume_ack``, plain output notes ``[reconnected]`` on
 stderr after the answer.
@@ -22,7 +25,9 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from client.chat import DEFAULT_URL, ChatClient, ChatConnectionError, ChatError
+from client.answer import REASONING, Delta
+from client.chat import DEFAULT_URL, ChatClient
+from client.errors import ChatConnectionError, ChatError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -64,7 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print every event as a JSON line instead of the text",
+        help="print every event as a JSON line, as the server sent it, instead of "
+        "the text",
+    )
+    parser.add_argument(
+        "--no-reasoning",
+        dest="reasoning",
+        action="store_false",
+        help="leave out a reasoning model's reasoning, which is otherwise printed "
+        "(dimmed on a terminal) before the answer",
     )
     parser.add_argument(
         "--stats",
@@ -112,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         token=args.token,
         timeout=args.timeout,
     )
-    session = _Session(chat, json_mode=args.json, stats=args.stats)
+    session = _Session(
+        chat, json_mode=args.json, stats=args.stats, reasoning=args.reasoning
+    )
     chat.on_event = session.on_event
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -144,10 +159,13 @@ def main(argv: list[str] | None = None) -> int:
 class _Session:
     """Runs exchanges and owns Ctrl-C: the first stops the answer, a second exits."""
 
-    def __init__(self, chat: ChatClient, *, json_mode: bool, stats: bool) -> None:
+    def __init__(
+        self, chat: ChatClient, *, json_mode: bool, stats: bool, reasoning: bool
+    ) -> None:
         self.chat = chat
         self.json_mode = json_mode
         self.stats = stats
+        self.reasoning = reasoning
         self.streaming = False
         self.interrupted = False
         self.resumed = False
@@ -171,15 +189,13 @@ class _Session:
         self.interrupted = False
         self.resumed = False
         self.streaming = True
-        wrote = False
+        text = _Text(reasoning=self.reasoning)
         try:
-            for delta in self.chat.stream(prompt):
+            for delta in self.chat.stream(prompt, reasoning=True):
                 if not self.json_mode:
-                    sys.stdout.write(delta)
-                    sys.stdout.flush()
-                    wrote = True
+                    text.write(delta)
         except ChatError as exc:
-            if wrote:
+            if text.wrote:
                 print(flush=True)
             _error(exc)
             if isinstance(exc, ChatConnectionError):
@@ -223,6 +239,36 @@ class _Session:
                 self.exchange(line)
 
 
+class _Text:
+    """Writes one exchange's text to stdout: the reasoning (dimmed on a terminal),
+    a blank line, then the answer."""
+
+    def __init__(self, *, reasoning: bool) -> None:
+        self.reasoning = reasoning
+        self.dim = sys.stdout.isatty()
+        self.wrote = False
+        # The reasoning's last characters, until the answer begins.
+        self.tail: str | None = None
+
+    def write(self, delta: Delta) -> None:
+        if delta.kind == REASONING:
+            if not self.reasoning:
+                return
+            self.tail = ((self.tail or "") + delta.text)[-2:]
+            # Reset after each piece: a Ctrl-C or an error must not leave the
+            # terminal dim.
+            out = f"\x1b[2m{delta.text}\x1b[0m" if self.dim else delta.text
+        else:
+            out = delta.text
+            if self.tail is not None:
+                newlines = len(self.tail) - len(self.tail.rstrip("\n"))
+                out = "\n" * (2 - newlines) + out  # a blank line after the reasoning
+                self.tail = None
+        sys.stdout.write(out)
+        sys.stdout.flush()
+        self.wrote = True
+
+
 def _print_event(name: str, data: dict[str, Any]) -> None:
     print(json.dumps({"event": name, "data": data}), flush=True)
 
@@ -247,15 +293,25 @@ def _format_stats(result: dict[str, Any]) -> str:
         f"finish: {result.get('finish_reason', '?')}",
         "ttft: -" if ttft is None else f"ttft: {ttft:.0f} ms",
     ]
+    answer_ttft = timing.get("answer_ttft_ms", ttft)
+    if answer_ttft != ttft:
+        # The model reasoned first: when its answer began.
+        fields.append(
+            "answer ttft: -"
+            if answer_ttft is None
+            else f"answer ttft: {answer_ttft:.0f} ms"
+        )
     # Speed after the first token, as llama.cpp and others report it: the wait
     # for the first token is already in ttft.
     span_ms = total - ttft if ttft is not None and total is not None else 0
     if span_ms > 0 and (completion or 0) > 1:
         fields.append(f"{(completion - 1) / span_ms * 1000:.1f} tokens/s")
     if usage:
+        reasoning = usage.get("reasoning_tokens")
         fields.append(
             f"usage: {usage.get('prompt_tokens')} prompt + {completion} completion"
-            f" = {usage.get('total_tokens')} tokens"
+            + (f" ({reasoning} reasoning)" if reasoning else "")
+            + f" = {usage.get('total_tokens')} tokens"
             + (" (estimated)" if usage.get("estimated") else "")
         )
     return "  ".join(fields)

@@ -1,8 +1,8 @@
 """gunicorn settings: one worker, because Socket.IO sessions live in its memory.
 
 Scale out with more single-worker processes behind a sticky load balancer instead.
-ASYNC_MODE=eventlet (default) uses the eventlet worker; ASYNC_MODE=threading uses
-gthread with one thread per connection.
+ASYNC_MODE=eventlet (default) uses the eventlet worker, ASYNC_MODE=gevent the gevent
+worker, and ASYNC_MODE=threading gthread with one thread per connection.
 """
 
 import os
@@ -12,8 +12,9 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
 workers = 1
 # Open connections one worker accepts (gunicorn's default of 1000 refuses the rest).
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
-if os.environ.get("ASYNC_MODE", "eventlet") == "eventlet":
-    worker_class = "eventlet"
+mode = os.environ.get("ASYNC_MODE", "eventlet")
+if mode in ("eventlet", "gevent"):
+    worker_class = mode
 else:
     worker_class = "gthread"
     # A WebSocket holds its thread for as long as it is open.

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,10 @@ import socketio
 ROOT = Path(__file__).resolve().parent.parent
 # What the relay sends upstream; it must never reach a client or a log line.
 UPSTREAM_KEY = "sk-test-7Hq2mZp9VwL4xK8sN3bR5tY1uC6dE0fA"
-ASYNC_MODES = ["eventlet", "threading"]
+# The relay, resume, gap, guard and cluster tests run in each of these (the
+# ``async_mode`` fixture); the Python client's and the page's in the default alone.
+ASYNC_MODES = ["eventlet", "gevent", "threading"]
+DEFAULT_ASYNC_MODE = "gevent"
 # Every test client connects from 127.0.0.1, which is one identity to the per-user
 # limits; tests of those limits set their own.
 UNLIMITED = {"MAX_STREAMS_PER_IDENTITY": "100000", "CHATS_PER_MINUTE": "1000000"}
@@ -40,6 +44,43 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 15, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something true, and return that; fail
+    after ``timeout`` seconds, a bound a working server never comes near."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+    return result
+
+
+def hold_emits(chat: Any, event: str, until=lambda payload: True) -> list[dict]:
+    """Make a ChatClient's connection hold each ``event`` it sends until
+    ``until(payload)`` is true; return a list of ``{"payload", "ack"}``, one added
+    as each goes out, its ack filled in when the server answers."""
+    sent: list[dict] = []
+    emit = chat._sio.emit
+
+    def holding(name: str, data: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if name == event:
+            wait_until(lambda: until(data), what=f"the moment to send {event}")
+            entry = {"payload": data, "ack": None}
+            sent.append(entry)
+            callback = kwargs.get("callback")
+            if callback is not None:
+
+                def acked(*ack: Any) -> Any:
+                    entry["ack"] = ack[0] if ack else None
+                    return callback(*ack)
+
+                kwargs["callback"] = acked
+        return emit(name, data, *args, **kwargs)
+
+    chat._sio.emit = holding
+    return sent
 
 
 class ServerProcess:
@@ -110,6 +151,21 @@ class Relay:
         with urllib.request.urlopen(self.url + "/healthz", timeout=5) as response:
             return json.load(response)
 
+    def quit(self) -> None:
+        """Stop at once (SIGQUIT, gunicorn's quick shutdown), for a relay whose
+        graceful drain is not under test."""
+        if self.process.proc.poll() is None:
+            self.process.proc.send_signal(signal.SIGQUIT)
+        self.process.stop()
+
+    def wait_idle(self, timeout: float = 15) -> None:
+        """Wait until no stream is live (ended ones may still be kept). A generation
+        running on for a client that dropped does not count as live."""
+        wait_until(lambda: self.health()["live_streams"] == 0, timeout, "no streams")
+
+    def wait_log(self, text: str, timeout: float = 15) -> None:
+        wait_until(lambda: text in self.process.log_text(), timeout, repr(text))
+
 
 class Upstream:
     """The OpenAI-compatible test server, and what it recorded of each request."""
@@ -135,7 +191,7 @@ class Upstream:
         assert len(found) == 1, f"{len(found)} upstream requests contain {marker!r}"
         return found[0]
 
-    def wait_outcome(self, marker: str, timeout: float = 5) -> dict[str, Any]:
+    def wait_outcome(self, marker: str, timeout: float = 15) -> dict[str, Any]:
         """Wait for the request holding ``marker`` to end; return its record."""
         deadline = time.monotonic() + timeout
         while True:
@@ -216,9 +272,10 @@ class Recorder:
         return "".join(c["delta"] for c in self.chunks(request_id))
 
     def cut(self) -> None:
-        """Drop the transport under the client, as a network failure would."""
+        """Drop the transport under the client, as a network failure would, and wait
+        for the client to notice: every event it received is being handled."""
         self.sio.eio.ws.sock.shutdown(socket.SHUT_RDWR)
-        time.sleep(0.2)
+        wait_until(lambda: not self.sio.connected, what="the client to see the cut")
 
     def close(self) -> None:
         self.sio.disconnect()
@@ -273,19 +330,26 @@ def relay_env(upstream: Upstream, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session", params=ASYNC_MODES)
-def relay(request, tmp_session, upstream) -> Iterator[Relay]:
+def async_mode(request) -> str:
+    """Each async mode in turn: a test that uses it, or a relay fixture that does,
+    runs once per mode (pytest groups the tests by mode)."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def relay(async_mode, tmp_session, upstream) -> Iterator[Relay]:
     """The relay in front of the test server, under gunicorn in each async mode."""
-    server = Relay(tmp_session, request.param, relay_env(upstream))
+    server = Relay(tmp_session, async_mode, relay_env(upstream))
     yield server
     server.process.stop()
 
 
 @pytest.fixture(scope="session")
 def demo_server(tmp_session) -> Iterator[Relay]:
-    """The relay on the offline demo model, paced fast."""
+    """The relay on the offline demo model, paced fast, in the default async mode."""
     server = Relay(
         tmp_session,
-        "eventlet",
+        DEFAULT_ASYNC_MODE,
         {
             "LLM_PROVIDER": "demo",
             "DEMO_TTFT": "0.05",

@@ -7,15 +7,14 @@ client's own connection drops the chunk event before the client sees it, against
 real single-node server."""
 
 import signal
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from client import ChatClient, ChatError
-from client.chat import GAP_RESUMES, GAP_SECONDS, _Answer
-from tests.conftest import Relay, relay_env, upstream_text
+from client.answer import GAP_RESUMES, Answer
+from tests.conftest import Relay, hold_emits, relay_env, upstream_text
 
 
 def lose_chunk(chat: ChatClient, seq: int, every_time: bool = False) -> list[int]:
@@ -58,11 +57,10 @@ def resumes(sent: list[tuple[str, Any]]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def forgetful_relay(tmp_session, upstream) -> Iterator[Relay]:
-    """A relay that forgets an ended answer 0.3 s after its end: sooner than the
-    client asks again for a lost chunk."""
+def forgetful_relay(async_mode, tmp_session, upstream) -> Iterator[Relay]:
+    """A relay that forgets an ended answer 0.3 s after its end."""
     server = Relay(
-        tmp_session, "eventlet", relay_env(upstream, RESUME_GRACE_SECONDS="0.3")
+        tmp_session, async_mode, relay_env(upstream, RESUME_GRACE_SECONDS="0.3")
     )
     yield server
     server.process.proc.send_signal(signal.SIGQUIT)  # no graceful drain needed
@@ -102,17 +100,21 @@ def test_a_done_that_overtakes_a_lost_last_chunk_waits_for_it(relay):
 
 def test_a_chunk_lost_every_time_ends_with_lost_chunks_and_a_stop(relay, upstream):
     marker = f"lose it always {relay.async_mode}"
-    prompt = f"{marker} [[tokens:600]] [[tps:100]]"
+    # 30 s of answer: the client gives up, and stops it, long before its end.
+    prompt = f"{marker} [[tokens:3000]] [[tps:100]]"
     with ChatClient(relay.url) as chat:
         received, sent = received_by(chat), sent_by(chat)
         lose_chunk(chat, 5, every_time=True)
         deltas: list[str] = []
-        started = time.monotonic()
         with pytest.raises(ChatError) as caught:
             for delta in chat.stream(prompt):
                 deltas.append(delta)
-        elapsed = time.monotonic() - started
         assert chat.history == []
+        # The client gave up, so it stopped the generation: its upstream stream
+        # closes while the client is still connected, well before the answer's end.
+        record = upstream.wait_outcome(marker, timeout=30)
+        assert record["outcome"] == "client_closed"
+        assert record["chunks_sent"] < 3000
     assert caught.value.code == "lost_chunks"
     assert caught.value.retryable is True
     assert f"after {GAP_RESUMES} resumes" in caught.value.message
@@ -120,24 +122,21 @@ def test_a_chunk_lost_every_time_ends_with_lost_chunks_and_a_stop(relay, upstrea
     assert [resume["after"] for resume in resumes(sent)] == [4] * GAP_RESUMES
     acks = [d["ok"] for n, d in received if n == "gap_resume_ack"]
     assert acks == [True] * GAP_RESUMES
-    assert elapsed < (GAP_RESUMES + 1) * GAP_SECONDS + 2  # not the 6 s answer
-    assert "".join(deltas) == upstream_text(prompt, 600, first=5)
-    # The client gave up, so it stopped the generation: the upstream stream closes.
+    assert "".join(deltas) == upstream_text(prompt, 3000, first=5)
     assert "stop" in [name for name, _ in sent]
-    assert upstream.wait_outcome(marker)["outcome"] == "client_closed"
 
 
 def test_a_gap_the_server_has_forgotten_ends_with_lost_chunks(forgetful_relay):
     with ChatClient(forgetful_relay.url) as chat:
         received = received_by(chat)
         lose_chunk(chat, 19)
+        # The client asks again only once the server has forgotten the answer.
+        hold_emits(chat, "resume", lambda _: forgetful_relay.health()["streams"] == 0)
         prompt = "forgotten [[tokens:20]]"
         deltas: list[str] = []
-        started = time.monotonic()
         with pytest.raises(ChatError) as caught:
             for delta in chat.stream(prompt):
                 deltas.append(delta)
-        assert time.monotonic() - started < GAP_SECONDS + 3
         assert caught.value.code == "lost_chunks"
         assert caught.value.retryable is True
         assert "resume_denied" in caught.value.message
@@ -153,7 +152,7 @@ def test_a_gap_the_server_has_forgotten_ends_with_lost_chunks(forgetful_relay):
 
 
 def test_answer_notes_a_hole_in_seq_until_it_fills():
-    answer = _Answer()
+    answer = Answer()
     answer.feed("ack", {"ok": True, "id": "x", "resume_token": "t"})
     assert answer.feed("chunk", {"id": "x", "seq": 0, "delta": "a"}) == ["a"]
     assert answer.gap_since is None
@@ -174,7 +173,7 @@ def test_answer_notes_a_hole_in_seq_until_it_fills():
 
 
 def test_answer_counts_resumes_per_hole_and_starts_again_for_the_next():
-    answer = _Answer()
+    answer = Answer()
     answer.feed("chunk", {"id": "x", "seq": 1, "delta": "b"})
     answer.gap_resume_sent()
     answer.gap_resume_sent()
@@ -186,7 +185,7 @@ def test_answer_counts_resumes_per_hole_and_starts_again_for_the_next():
 
 
 def test_answer_takes_a_refused_gap_resume_as_lost_chunks():
-    answer = _Answer()
+    answer = Answer()
     answer.feed("ack", {"ok": True, "id": "x", "resume_token": "t"})
     answer.feed("chunk", {"id": "x", "seq": 0, "delta": "a"})
     answer.feed("chunk", {"id": "x", "seq": 2, "delta": "c"})

@@ -17,12 +17,12 @@ from app.auth import client_address, mint_token
 from app.relay import ReapedMemoryStorage
 
 from .conftest import (
-    ASYNC_MODES,
     UNLIMITED,
     Recorder,
     Relay,
     relay_env,
     upstream_text,
+    wait_until,
 )
 
 SECRET = "test-auth-secret"
@@ -30,15 +30,15 @@ STATIC = "static-token-abc123"
 
 
 @pytest.fixture(scope="module")
-def authed(tmp_session, upstream):
+def authed(async_mode, tmp_session, upstream):
     """A relay that demands a static or a signed token."""
     server = Relay(
         tmp_session,
-        "eventlet",
+        async_mode,
         relay_env(upstream, AUTH_TOKENS=f"{STATIC},another", AUTH_SECRET=SECRET),
     )
     yield server
-    server.process.stop()
+    server.quit()
 
 
 def refusal(url: str, auth) -> dict:
@@ -81,15 +81,43 @@ def test_valid_token_connects_and_chats(authed, token):
         client.close()
 
 
-def test_mint_command_prints_a_token_the_server_accepts(authed):
-    token = subprocess.run(
-        [sys.executable, "-m", "app.auth", "mint", "carol", "--ttl", "60"],
+def mint_command(name: str, ttl: str) -> str:
+    """The token ``python -m app.auth mint`` prints."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.auth", "mint", name, "--ttl", ttl],
         env={"AUTH_SECRET": SECRET, "PATH": ""},
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    Recorder(authed.url, auth={"token": token}).close()
+
+
+def test_mint_command_prints_a_token_the_server_accepts(authed):
+    token = mint_command("carol", "60")
+    owner = Recorder(authed.url, auth={"token": token}, transports=["websocket"])
+    ack = owner.chat("c", "carol's [[tokens:2000]] [[tps:40]]")
+    owner.wait(lambda c: c.chunks("c"))
+    owner.cut()
+    # The token names carol: another user may not pick her answer up; carol may,
+    # with any token naming her.
+    others = [
+        Recorder(authed.url, auth={"token": mint_token(SECRET, name, 60)})
+        for name in ("dave", "carol")
+    ]
+    try:
+        resume = {"id": "c", "token": ack["resume_token"], "after": -1}
+        assert others[0].call("resume", resume)["error"]["code"] == "resume_denied"
+        assert others[1].call("resume", resume)["ok"] is True
+        assert others[1].call("stop", {"id": "c"})["ok"] is True
+        assert others[1].wait_end("c")[1]["finish_reason"] == "cancelled"
+    finally:
+        for client in others:
+            client.close()
+
+
+def test_mint_command_honours_its_ttl(authed):
+    error = refusal(authed.url, {"token": mint_command("carol", "-1")})
+    assert "expired" in error["message"]
 
 
 def handshake(url: str, origin: str | None) -> int:
@@ -123,14 +151,14 @@ def test_websocket_from_another_origin_is_refused(relay):
 
 
 @pytest.fixture(scope="module")
-def allowlisted(tmp_session, upstream):
+def allowlisted(async_mode, tmp_session, upstream):
     server = Relay(
         tmp_session,
-        "eventlet",
+        async_mode,
         relay_env(upstream, CORS_ALLOWED_ORIGINS="https://chat.example"),
     )
     yield server
-    server.process.stop()
+    server.quit()
 
 
 def test_allowlisted_origin_is_accepted(allowlisted):
@@ -139,7 +167,7 @@ def test_allowlisted_origin_is_accepted(allowlisted):
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_session, upstream):
+def limited(async_mode, tmp_session, upstream):
     """A relay with small per-user limits, behind a trusted proxy at 127.0.0.1."""
     env = relay_env(
         upstream,
@@ -148,9 +176,9 @@ def limited(tmp_session, upstream):
         TRUSTED_PROXIES="127.0.0.1",
         UPSTREAM_MAX_RETRIES="2",
     )
-    server = Relay(tmp_session, "eventlet", env)
+    server = Relay(tmp_session, async_mode, env)
     yield server
-    server.process.stop()
+    server.quit()
 
 
 def from_address(url: str, address: str) -> Recorder:
@@ -197,12 +225,12 @@ def test_chats_per_minute_are_limited(limited):
 
 
 @pytest.fixture(scope="module")
-def untrusting(tmp_session, upstream):
+def untrusting(async_mode, tmp_session, upstream):
     """A relay that trusts no proxy and allows one stream per user."""
     env = relay_env(upstream, MAX_STREAMS_PER_IDENTITY="1", CHATS_PER_MINUTE="100")
-    server = Relay(tmp_session, "eventlet", env)
+    server = Relay(tmp_session, async_mode, env)
     yield server
-    server.process.stop()
+    server.quit()
 
 
 def test_forwarded_for_from_an_untrusted_peer_does_not_dodge_limits(untrusting):
@@ -238,10 +266,7 @@ def test_long_prompt_gets_an_error_event_not_a_dropped_connection(relay, connect
 def test_message_over_the_transport_limit_closes_the_connection(relay, connect):
     client = connect()
     client.sio.emit("chat", {"id": "huge", "message": "x" * 70000})
-    deadline = time.monotonic() + 5
-    while client.sio.connected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not client.sio.connected
+    wait_until(lambda: not client.sio.connected, what="the connection to close")
     assert relay.health()["status"] == "ok"
 
 
@@ -251,44 +276,52 @@ def test_rate_counters_start_no_thread_and_are_freed_by_the_reaper():
     threads = threading.active_count()
     assert storage.incr("chats/addr:1", 0.05) == 1
     assert threading.active_count() == threads
-    time.sleep(0.1)
+    past_expiry(storage, "chats/addr:1")
     assert storage.get("chats/addr:1") == 0  # expired as it is read
     storage.incr("chats/addr:2", 0.05)
-    time.sleep(0.1)
+    past_expiry(storage, "chats/addr:2")
     assert "chats/addr:2" in storage.storage  # nothing has freed it yet
     storage.expire()
     assert "chats/addr:2" not in storage.storage
 
 
-def test_outage_is_retried_before_the_first_token(limited, upstream):
+def past_expiry(storage: ReapedMemoryStorage, key: str) -> None:
+    """Wait until the moment ``key`` expires (by the storage's own record) passed."""
+    expiry = storage.expirations[key]
+    wait_until(lambda: time.time() > expiry, what=f"{key} to expire")
+
+
+def test_outage_is_retried_before_the_first_token(limited, upstream, async_mode):
     client = from_address(limited.url, "10.0.0.4")
+    marker = f"retry me {async_mode}"
     try:
-        assert client.chat("r", "retry me [[status:503]]")["ok"]
+        assert client.chat("r", f"{marker} [[status:503]]")["ok"]
         assert client.wait_end("r")[1]["code"] == "upstream_unavailable"
     finally:
         client.close()
-    tries = [
-        r for r in upstream.requests() if "retry me" in r["messages"][-1]["content"]
-    ]
+    tries = [r for r in upstream.requests() if marker in r["messages"][-1]["content"]]
     assert len(tries) == 3
 
 
-def test_no_retry_once_text_was_sent(limited, upstream):
+def test_no_retry_once_text_was_sent(limited, upstream, async_mode):
     client = from_address(limited.url, "10.0.0.5")
+    prompt = f"cut me {async_mode} [[close_after:2]]"
     try:
-        assert client.chat("r", "cut me [[close_after:2]]")["ok"]
+        assert client.chat("r", prompt)["ok"]
         assert client.wait_end("r")[1]["code"] == "upstream_unavailable"
-        assert client.text("r") == upstream_text("cut me [[close_after:2]]", first=2)
+        assert client.text("r") == upstream_text(prompt, first=2)
     finally:
         client.close()
-    tries = [r for r in upstream.requests() if "cut me" in r["messages"][-1]["content"]]
+    tries = [r for r in upstream.requests() if r["messages"][-1]["content"] == prompt]
     assert len(tries) == 1
 
 
-def test_failing_upstream_trips_the_breaker_and_fails_fast(tmp_session, upstream):
+def test_failing_upstream_trips_the_breaker_and_fails_fast(
+    async_mode, tmp_session, upstream
+):
     server = Relay(
         tmp_session,
-        "eventlet",
+        async_mode,
         relay_env(
             upstream,
             OPENAI_BASE_URL="http://127.0.0.1:9/v1",
@@ -307,10 +340,9 @@ def test_failing_upstream_trips_the_breaker_and_fails_fast(tmp_session, upstream
         assert "retry in" in ack["error"]["message"]
     finally:
         client.close()
-        server.process.stop()
+        server.quit()
 
 
-@pytest.mark.parametrize("async_mode", ASYNC_MODES)
 def test_sigterm_drains_streams_then_exits_cleanly(async_mode, tmp_session, upstream):
     server = Relay(
         tmp_session,
@@ -322,12 +354,13 @@ def test_sigterm_drains_streams_then_exits_cleanly(async_mode, tmp_session, upst
     assert long.chat("long", "long one [[tokens:1000]] [[tps:40]]")["ok"]
     long.wait(lambda c: len(c.chunks("long")) >= 1)
     server.process.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    server.wait_log("SIGTERM: draining")
 
     ack = late.chat("late", "too late?")
     assert ack["error"]["code"] == "shutting_down"
+    assert ack["error"]["retryable"] is True
     assert short.wait_end("short")[0] == "done"
-    name, error = long.wait_end("long", timeout=10)
+    name, error = long.wait_end("long", timeout=30)
     assert name == "error"
     assert error["code"] == "shutting_down"
     assert error["retryable"] is True

@@ -1,5 +1,9 @@
 """The event handlers, in process, through Flask-SocketIO's test client."""
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -43,7 +47,7 @@ class Events:
         for event in self.client.get_received():
             self.received.append((event["name"], event["args"][0]))
 
-    def until_end(self, request_id: str, timeout: float = 5) -> tuple[str, dict]:
+    def until_end(self, request_id: str, timeout: float = 15) -> tuple[str, dict]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.drain()
@@ -53,14 +57,50 @@ class Events:
             time.sleep(0.01)
         raise AssertionError(f"no terminal event for {request_id}: {self.received}")
 
+    def until(self, predicate, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; received: {self.received[-5:]}")
+            time.sleep(0.01)
+            self.drain()
+
     def chunks(self, request_id: str) -> list[dict]:
         return [d for n, d in self.received if n == "chunk" and d["id"] == request_id]
 
 
-def test_config_comes_from_overrides(app):
-    assert app.config["ASYNC_MODE"] == "threading"
-    assert app.config["MAX_CONCURRENT_PER_CONNECTION"] == 3
-    assert create_app({**DEMO, "MAX_MESSAGES": 7}).config["MAX_MESSAGES"] == 7
+def test_overrides_set_the_limits_the_handlers_enforce():
+    # A first token a minute away: the first chat stays live throughout.
+    limits = {"DEMO_TTFT": 60.0, "MAX_MESSAGES": 2, "MAX_CONCURRENT_PER_CONNECTION": 1}
+    client = socketio.test_client(create_app({**DEMO, **limits}))
+    assert socketio.server.eio.async_mode == "threading"
+    turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "again"},
+    ]
+    ack = client.emit("chat", {"id": "long", "messages": turns}, callback=True)
+    assert ack["error"]["code"] == "invalid_request"
+    assert "at most 2 messages" in ack["error"]["message"]
+    assert client.emit("chat", {"id": "a", "message": "hi"}, callback=True)["ok"]
+    ack = client.emit("chat", {"id": "b", "message": "hi"}, callback=True)
+    assert ack["error"]["code"] == "busy"
+    client.disconnect()
+
+
+def test_config_is_read_from_the_environment():
+    # Config reads the environment once, at import: a process of its own.
+    show = (
+        "import json; from app import create_app; c = create_app().config; "
+        "print(json.dumps([c[k] for k in ('MAX_MESSAGES', 'COALESCE_WINDOW_MS')]))"
+    )
+    env = {**os.environ, "LLM_PROVIDER": "demo", "ASYNC_MODE": "threading"}
+    env.update(MAX_MESSAGES="7", COALESCE_WINDOW_MS="25")
+    shown = subprocess.run(
+        [sys.executable, "-c", show], env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout.splitlines()[-1]) == [7, 25.0]
 
 
 def test_healthz_answers_ok(app):
@@ -164,7 +204,7 @@ def test_chat_without_payload_is_rejected(client):
 
 
 def test_duplicate_live_id_is_rejected(app):
-    slow = create_app({**DEMO, "DEMO_TTFT": 2.0})
+    slow = create_app({**DEMO, "DEMO_TTFT": 60.0})  # live throughout the test
     client = socketio.test_client(slow)
     assert client.emit("chat", {"id": "same", "message": "one"}, callback=True)["ok"]
     ack = client.emit("chat", {"id": "same", "message": "two"}, callback=True)
@@ -174,7 +214,7 @@ def test_duplicate_live_id_is_rejected(app):
 
 
 def test_fourth_concurrent_chat_is_busy():
-    slow = create_app({**DEMO, "DEMO_TTFT": 2.0})
+    slow = create_app({**DEMO, "DEMO_TTFT": 60.0})  # live throughout the test
     client = socketio.test_client(slow)
     for n in range(3):
         assert client.emit("chat", {"id": f"r{n}", "message": "hi"}, callback=True)[
@@ -199,10 +239,7 @@ def test_stop_ends_with_cancelled_and_partial_usage():
     client = socketio.test_client(slow)
     events = Events(client)
     client.emit("chat", {"id": "s", "message": "Write a long story about rivers"})
-    deadline = time.monotonic() + 5
-    while len(events.chunks("s")) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-        events.drain()
+    events.until(lambda e: len(e.chunks("s")) >= 3)
     assert client.emit("stop", {"id": "s"}, callback=True) == {"ok": True, "id": "s"}
     name, done = events.until_end("s")
     assert name == "done"
@@ -210,8 +247,11 @@ def test_stop_ends_with_cancelled_and_partial_usage():
     assert done["usage"]["estimated"] is True
     assert done["usage"]["completion_tokens"] > 0
     sent = len(events.chunks("s"))
-    time.sleep(0.2)
-    events.drain()
+    assert done["chunks"] == sent
+    # Nothing follows the terminal event: the connection's next answer, five token
+    # intervals long, comes after anything the stopped one could still have sent.
+    client.emit("chat", {"id": "n", "message": "next", "options": {"max_tokens": 5}})
+    assert events.until_end("n")[0] == "done"
     assert len(events.chunks("s")) == sent
     client.disconnect()
 
@@ -266,21 +306,11 @@ def test_empty_assistant_turn_is_accepted(client):
     assert ack["ok"] is True
 
 
-def coalescing_app(busy: bool, demo_paced: bool = False):
-    """A demo app at 400 tokens/s whose coalescer is held busy, or idle.
-
-    Unless ``demo_paced``, the demo model wakes for every token, as if the relay did
-    not pace it: then only the relay's own coalescing can merge chunks."""
-    app = create_app(
-        {**DEMO, "DEMO_TOKENS_PER_SECOND": 400.0, "COALESCE_WINDOW_MS": 50}
+def coalescing_app(window_ms: float):
+    """A demo app at 400 tokens/s (a token every 2.5 ms) with this coalescing window."""
+    return create_app(
+        {**DEMO, "DEMO_TOKENS_PER_SECOND": 400.0, "COALESCE_WINDOW_MS": window_ms}
     )
-    relay = app.extensions["relay"]
-    coalescer = relay.coalescer
-    coalescer._measure = lambda late, now: None
-    coalescer._busy_until = float("inf") if busy else 0.0
-    if not demo_paced:
-        relay.provider.pace_with(lambda: 0.0)
-    return app
 
 
 def stream_events(app, request_id: str, prompt: str) -> list[dict]:
@@ -293,50 +323,33 @@ def stream_events(app, request_id: str, prompt: str) -> list[dict]:
     chunks = events.chunks(request_id)
     assert [c["seq"] for c in chunks] == list(range(len(chunks)))
     assert done["chunks"] == len(chunks)
-    return chunks
+    return chunks, done
 
 
 def metrics_text(app) -> str:
     return app.test_client().get("/metrics").get_data(as_text=True)
 
 
-def test_busy_server_coalesces_chunks_without_changing_the_text():
-    app = coalescing_app(busy=True)
+def test_coalescing_sends_one_event_per_window_with_the_exact_text():
+    app = coalescing_app(50)
     prompt = "Explain coalescing with a table and python code"
-    chunks = stream_events(app, "c", prompt)
+    chunks, done = stream_events(app, "c", prompt)
     tokens = split_tokens(compose([{"role": "user", "content": prompt}]))
     assert "".join(c["delta"] for c in chunks) == "".join(tokens)
-    # The first chunk left alone and at once; the rest were merged, a window's
-    # worth (50 ms, 20 tokens at 400 tokens/s) at a time.
-    assert chunks[0]["delta"] == tokens[0]
+    # At most one event per 50 ms window over the stream's own duration, the first
+    # one included; at 400 tokens/s that is about 20 tokens an event.
+    windows = done["timing"]["total_ms"] / 50
+    assert len(chunks) <= windows + 2
     assert len(chunks) < len(tokens) / 5
-    text = metrics_text(app)
-    assert "chat_coalesced_frames_total 0.0" not in text
-    assert "chat_coalescing 1.0" in text
+    assert "chat_coalesced_frames_total 0.0" not in metrics_text(app)
 
 
-def test_busy_server_paces_the_demo_model_once_per_window():
-    # The demo model wakes once per window and merges its own tokens: the relay
-    # then has nothing left to merge, and sends each delta as it comes.
-    app = coalescing_app(busy=True, demo_paced=True)
-    prompt = "Explain pacing with a table and python code"
-    chunks = stream_events(app, "p", prompt)
-    tokens = split_tokens(compose([{"role": "user", "content": prompt}]))
-    assert "".join(c["delta"] for c in chunks) == "".join(tokens)
-    assert chunks[0]["delta"] == tokens[0]
-    assert len(chunks) < len(tokens) / 5
-    assert "chat_coalesced_frames_total 0.0" in metrics_text(app)
-
-
-def test_idle_server_holds_nothing_back():
-    app = coalescing_app(busy=False, demo_paced=True)
+def test_no_window_sends_one_event_per_token():
+    app = coalescing_app(0)
     prompt = "Tell me about lighthouses"
-    chunks = stream_events(app, "i", prompt)
-    assert "".join(c["delta"] for c in chunks) == compose(
-        [{"role": "user", "content": prompt}]
-    )
-    # (The demo model itself may merge tokens when woken late; the relay did not.)
+    chunks, done = stream_events(app, "i", prompt)
+    tokens = split_tokens(compose([{"role": "user", "content": prompt}]))
+    assert [c["delta"] for c in chunks] == tokens
     text = metrics_text(app)
     assert "chat_coalesced_frames_total 0.0" in text
-    assert "chat_coalescing 0.0" in text
     assert f"chat_chunks_sent_total {float(len(chunks))}" in text

@@ -16,7 +16,7 @@ import socketio
 
 from app.providers.demo import compose, split_tokens
 
-from .conftest import UNLIMITED, Relay
+from .conftest import DEFAULT_ASYNC_MODE, UNLIMITED, Relay
 
 
 @dataclass
@@ -156,9 +156,10 @@ def worker_rss_kb(relay: Relay) -> int:
 
 @pytest.fixture
 def soak_relay(tmp_session):
+    """A relay on a fast demo model, in the default async mode."""
     server = Relay(
         tmp_session,
-        "eventlet",
+        DEFAULT_ASYNC_MODE,
         {
             "LLM_PROVIDER": "demo",
             "DEMO_TTFT": "0.05",

@@ -34,4 +34,5 @@ def make_provider(config: Mapping[str, Any]) -> Provider:
         connect_timeout=config["UPSTREAM_CONNECT_TIMEOUT"],
         read_timeout=config["UPSTREAM_READ_TIMEOUT"],
         stream_usage=config["UPSTREAM_STREAM_USAGE"],
+        think_tags=config["THINK_TAGS"],
     )

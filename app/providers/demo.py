@@ -9,13 +9,14 @@ import hashlib
 import random
 import re
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 
 from .. import tokens
 from ..protocol import ChatRequest
-from .base import Result, Usage
+from .base import ANSWER, REASONING, Abort, Batch, Piece, Result, Usage
 
 MODEL = "demo"
+REASONING_MODEL = "demo-reasoning"
 
 # Whitespace-led pieces: each is one streamed token, and joining them gives the text.
 _TOKEN = re.compile(r"\s*\S+|\s+")
@@ -57,6 +58,22 @@ _CLOSERS = (
 )
 
 
+_THOUGHTS = (
+    "First, what does {a} depend on, and does {b} change that?",
+    "A common mistake with {a} is to skip the edge cases; I should mention them.",
+    "An example would make {a} concrete, so I will include one.",
+    "Comparing {a} with {b} side by side may be clearer than describing each.",
+    "The simplest explanation of {a} that is still correct is the one to give.",
+    "I should keep the answer short and put the most useful point about {b} first.",
+)
+
+
+def _digest(messages: list[dict[str, str]]) -> bytes:
+    return hashlib.sha256(
+        "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in messages).encode()
+    ).digest()
+
+
 def _keywords(text: str) -> list[str]:
     seen: list[str] = []
     for word in _WORD.findall(text):
@@ -74,10 +91,7 @@ def _quote(text: str, limit: int = 160) -> str:
 def compose(messages: list[dict[str, str]]) -> str:
     """The demo model's whole answer to a conversation, as markdown."""
     question = messages[-1]["content"]
-    digest = hashlib.sha256(
-        "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in messages).encode()
-    ).digest()
-    rng = random.Random(digest)
+    rng = random.Random(_digest(messages))
     words = _keywords(question) or ["your question"]
     topic = " and ".join(f"**{w}**" for w in words[:2])
     a, b = words[0], words[1] if len(words) > 1 else words[0]
@@ -125,58 +139,74 @@ def split_tokens(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
-class DemoProvider:
-    """Streams ``compose``'s answer, paced by time to first token and tokens/s."""
+def compose_reasoning(messages: list[dict[str, str]]) -> str:
+    """What the demo reasoning model thinks before it answers, as plain prose."""
+    question = messages[-1]["content"]
+    rng = random.Random(_digest(messages) + b"reasoning")
+    words = _keywords(question) or ["the question"]
+    a, b = words[0], words[1] if len(words) > 1 else words[0]
+    steps = rng.sample(_THOUGHTS, 3)
+    return " ".join(
+        [f"The question is about {a}; I should work out what is really being asked."]
+        + [step.format(a=a, b=b) for step in steps]
+        + ["That is enough to write a short, structured answer."]
+    )
 
-    models = [MODEL]
+
+class DemoProvider:
+    """Streams ``compose``'s answer, paced by time to first token and tokens/s.
+
+    ``demo-reasoning`` first streams ``compose_reasoning``'s thoughts as reasoning
+    text, at the same pace, then the same answer."""
+
+    models = [MODEL, REASONING_MODEL]
     default_model = MODEL
 
     def __init__(self, ttft: float, tokens_per_second: float):
         self.ttft = ttft
         self.interval = 1 / tokens_per_second if tokens_per_second > 0 else 0.0
-        self._window: Callable[[], float] = lambda: 0.0
-
-    def pace_with(self, window: Callable[[], float]) -> None:
-        """Wake at most once per ``window()`` seconds: the relay's coalescing window.
-
-        While the relay coalesces, it sends a stream at most one event per window;
-        waking for every token would only spend the CPU it is short of. The tokens
-        that came due meanwhile leave as one delta, as a real upstream's bytes
-        arrive together when a busy relay reads them late."""
-        self._window = window
 
     def stream(
-        self, request: ChatRequest, messages: list[dict[str, str]]
-    ) -> Generator[str, None, Result]:
-        pieces = split_tokens(compose(request.messages))
+        self,
+        request: ChatRequest,
+        messages: list[dict[str, str]],
+        abort: Abort | None = None,
+    ) -> Generator[Batch, None, Result]:
+        pieces: list[Piece] = []
+        if request.model == REASONING_MODEL:
+            thoughts = split_tokens(compose_reasoning(request.messages))
+            pieces += [(REASONING, piece) for piece in thoughts]
+        pieces += [(ANSWER, piece) for piece in split_tokens(compose(request.messages))]
         finish_reason = "stop"
+        # max_tokens counts reasoning first, as upstreams do.
         if request.max_tokens is not None and len(pieces) > request.max_tokens:
             pieces = pieces[: request.max_tokens]
             finish_reason = "length"
         # An absolute schedule, so sleeping late once does not slow every later token.
         start = time.monotonic() + self.ttft
-        woke = 0.0
         index = 0
         while index < len(pieces):
-            wake = max(start + index * self.interval, woke + self._window())
-            delay = wake - time.monotonic()
+            delay = start + index * self.interval - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            woke = time.monotonic()
-            due = index + 1
+            due = len(pieces)
             if self.interval:
-                # Every token due by now leaves as one delta.
-                came_due = int((woke - start) / self.interval) + 1
-                due = max(due, min(len(pieces), came_due))
-            yield "".join(pieces[index:due])
+                # Every token due by now leaves in this batch: a caller that waited
+                # gets what came due meanwhile, as a real upstream's bytes arrive.
+                came_due = int((time.monotonic() - start) / self.interval) + 1
+                due = max(index + 1, min(len(pieces), came_due))
+            yield pieces[index:due]
             index = due
         # The demo model's tokens are its pieces: max_tokens counts them too.
         prompt_tokens = tokens.count_messages(messages)
         completion_tokens = len(pieces)
         return Result(
             finish_reason=finish_reason,
-            model=MODEL,
+            model=request.model,
             usage=Usage(
-                prompt_tokens, completion_tokens, prompt_tokens + completion_tokens
+                prompt_tokens,
+                completion_tokens,
+                prompt_tokens + completion_tokens,
+                sum(1 for kind, _ in pieces if kind == REASONING),
             ),
         )

@@ -16,10 +16,11 @@ export default defineConfig({
         demo: resolve(root, 'demo.html'),
       },
       // Both pages share React, markdown-it and socket.io-client: one cacheable chunk.
+      // highlight.js and KaTeX stay out of it: they load on first need (src/renderers.js).
       output: {
         codeSplitting: {
           groups: [
-            { name: 'vendor', test: /node_modules/ },
+            { name: 'vendor', test: /node_modules[\\/](?!highlight\.js[\\/]|katex[\\/])/ },
             { name: 'common', minShareCount: 2 },
           ],
         },
@@ -27,9 +28,11 @@ export default defineConfig({
     },
   },
   server: {
-    // `npm run dev` serves the page; the Flask service on :5000 answers the socket.
+    // `npm run dev` serves the page; the Flask service on :5000 answers the socket and
+    // the model list.
     proxy: {
       '/socket.io': { target: 'http://127.0.0.1:5000', ws: true },
+      '/v1': { target: 'http://127.0.0.1:5000' },
     },
   },
   test: {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, ServerProcess, free_port
+from tests.conftest import DEFAULT_ASYNC_MODE, ROOT, ServerProcess, free_port
 
 # Debian's chromium package (scripts/install_packages.sh); Playwright downloads nothing.
 CHROMIUM = "/usr/bin/chromium"
@@ -25,11 +25,13 @@ def web_dist() -> Path:
 
 @pytest.fixture(scope="session")
 def web_url(web_dist, tmp_session) -> Iterator[str]:
-    """The service (python wsgi.py) on the demo model, paced slowly enough to watch."""
+    """The service (python wsgi.py) on the demo model, paced slowly enough to watch,
+    in the default async mode."""
     port = free_port()
     server = ServerProcess(
         [sys.executable, "wsgi.py"],
         {
+            "ASYNC_MODE": DEFAULT_ASYNC_MODE,
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "LLM_PROVIDER": "demo",

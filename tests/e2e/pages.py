@@ -22,11 +22,11 @@ def ask(page: Page, text: str) -> Locator:
     return answer
 
 
-def wait_done(answer: Locator, timeout: float = 15_000) -> None:
+def wait_done(answer: Locator, timeout: float = 30_000) -> None:
     expect(answer).to_have_attribute("data-state", "done", timeout=timeout)
 
 
-def watch_growth(answer: Locator, timeout: float = 15) -> list[str]:
+def watch_growth(answer: Locator, timeout: float = 30) -> list[str]:
     """The distinct texts the answer shows while it streams, until it is done."""
     seen: list[str] = []
     deadline = time.monotonic() + timeout

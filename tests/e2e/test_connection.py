@@ -5,13 +5,14 @@ import sys
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import DEFAULT_ASYNC_MODE, ServerProcess, free_port
 
 from .pages import ask, wait_connected, wait_done
 
 
 class RestartableServer:
-    """python wsgi.py on the demo model, on one port across restarts."""
+    """python wsgi.py on the demo model, on one port across restarts, in the default
+    async mode."""
 
     def __init__(self, log_dir, web_dist):
         self.port = free_port()
@@ -26,6 +27,7 @@ class RestartableServer:
         self.process = ServerProcess(
             [sys.executable, "wsgi.py"],
             {
+                "ASYNC_MODE": DEFAULT_ASYNC_MODE,
                 "HOST": "127.0.0.1",
                 "PORT": str(self.port),
                 "LLM_PROVIDER": "demo",

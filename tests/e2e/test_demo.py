@@ -13,7 +13,7 @@ def test_four_panes_stream_their_own_answers_in_isolation(new_page, artifacts):
 
     expect(page.locator("[data-testid=pane][data-state=streaming]")).to_have_count(4)
     expect(page.locator("[data-testid=pane][data-state=done]")).to_have_count(
-        4, timeout=15_000
+        4, timeout=30_000
     )
     texts = [panes.nth(i).get_by_test_id("pane-answer").inner_text() for i in range(4)]
     assert len(set(texts)) == 4

@@ -1,7 +1,10 @@
+import { useCallback } from 'react';
 import ConnectionState from './components/ConnectionState.jsx';
 import Composer from './components/Composer.jsx';
+import ModelChooser from './components/ModelChooser.jsx';
 import Transcript from './components/Transcript.jsx';
 import { useChat } from './useChat.js';
+import { useModels } from './useModels.js';
 
 const SUGGESTIONS = [
   'Explain how Socket.IO rooms work',
@@ -28,6 +31,10 @@ function Welcome({ onPick, disabled }) {
 export default function App() {
   const { messages, streaming, connection, send, stop, regenerate, newChat } = useChat();
   const connected = connection === 'connected';
+  const { models, model, choose } = useModels(connected);
+  // Every question, and every regenerate or retry, goes to the model chosen at that moment.
+  const sendToModel = useCallback((text) => send(text, model), [send, model]);
+  const regenerateWithModel = useCallback(() => regenerate(model), [regenerate, model]);
   return (
     <div className="app">
       <header className="topbar">
@@ -39,6 +46,7 @@ export default function App() {
         </h1>
         <ConnectionState state={connection} />
         <nav className="topbar-actions">
+          <ModelChooser models={models} value={model} onChange={choose} />
           <a className="button ghost small" href="/demo">
             Demo
           </a>
@@ -53,10 +61,15 @@ export default function App() {
           </button>
         </nav>
       </header>
-      <Transcript messages={messages} streaming={streaming} onRegenerate={regenerate} onRetry={regenerate}>
-        <Welcome onPick={send} disabled={!connected} />
+      <Transcript
+        messages={messages}
+        streaming={streaming}
+        onRegenerate={regenerateWithModel}
+        onRetry={regenerateWithModel}
+      >
+        <Welcome onPick={sendToModel} disabled={!connected} />
       </Transcript>
-      <Composer onSend={send} onStop={stop} streaming={streaming} canSend={connected} />
+      <Composer onSend={sendToModel} onStop={stop} streaming={streaming} canSend={connected} />
     </div>
   );
 }

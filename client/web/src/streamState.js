@@ -3,10 +3,15 @@
 // identity of every message it does not touch, so memoized components skip them.
 //
 // A message: {id, role: 'user'|'assistant', content}
-// An assistant message also has:
+// An assistant message's `content` is its answer text; it also has:
+//   reasoning  the reasoning ("thinking") text, from chunks of kind "reasoning"; it comes
+//            before the answer, is shown apart from it and never goes back in the history
+//   thinkingSince  when (ms) its first reasoning chunk came
+//   thinkingMs  how long it reasoned: set when the answer text starts, or when the
+//            request ends with none; from the server's `done` timing once that is in
 //   status   'streaming' | 'done' | 'error'
-//   nextSeq  the seq of the next chunk to append
-//   pending  {[seq]: delta} for chunks that arrived ahead of a gap
+//   nextSeq  the seq of the next chunk to append: reasoning and answer chunks share it
+//   pending  {[seq]: {delta, kind}} for chunks that arrived ahead of a gap
 //   doneEarly  a `done` that came before all the chunks it counts; applied once they are in
 //   gapSince, gapResumes  while a seq is missing: when the hole was seen (or last asked
 //            for again) in ms, and how many `resume`s went out for it (see noteGaps)
@@ -20,7 +25,7 @@ export function userMessage(id, content) {
 }
 
 export function assistantMessage(id) {
-  return { id, role: 'assistant', content: '', status: 'streaming', nextSeq: 0, pending: {} };
+  return { id, role: 'assistant', content: '', reasoning: '', status: 'streaming', nextSeq: 0, pending: {} };
 }
 
 function indexOfId(messages, id) {
@@ -63,89 +68,136 @@ function settled(message) {
   return rest;
 }
 
-/** Append a chunk in seq order; early chunks wait in `pending`, duplicates and strays are dropped. */
-export function applyChunk(messages, payload) {
-  const { id, seq, delta } = payload || {};
+// A chunk's kind: no `kind` is answer text (clients that ignore kinds show it all as
+// the answer). A kind this page does not know takes its seq and is not shown.
+function kindOf(kind) {
+  if (kind === undefined || kind === null) return 'answer';
+  return kind === 'reasoning' ? 'reasoning' : 'other';
+}
+
+// The text fields of an answer after appending `pieces` ({delta, kind}, in seq order)
+// at `now`: reasoning text, answer text, and when the reasoning started and ended.
+function appended(message, pieces, now) {
+  let { content, reasoning, thinkingSince, thinkingMs } = message;
+  for (const { delta, kind } of pieces) {
+    if (kind === 'reasoning') {
+      reasoning += delta;
+      thinkingSince ??= now;
+    } else if (kind === 'answer') {
+      content += delta;
+      if (reasoning !== '' && thinkingMs === undefined) thinkingMs = Math.max(0, now - (thinkingSince ?? now));
+    }
+  }
+  const text = { content, reasoning };
+  if (thinkingSince !== undefined) text.thinkingSince = thinkingSince;
+  if (thinkingMs !== undefined) text.thinkingMs = thinkingMs;
+  return text;
+}
+
+/**
+ * Append a chunk in seq order; early chunks wait in `pending`, duplicates and strays are
+ * dropped. Reasoning and answer chunks share one seq: a chunk's kind only says which text
+ * it extends. `now` (ms) times the reasoning.
+ */
+export function applyChunk(messages, payload, now = Date.now()) {
+  const { id, seq, delta, kind } = payload || {};
   const index = liveIndex(messages, id);
   if (index < 0 || !Number.isInteger(seq) || typeof delta !== 'string') return messages;
   const message = messages[index];
   if (seq < message.nextSeq || Object.hasOwn(message.pending, seq)) return messages;
+  const piece = { delta, kind: kindOf(kind) };
   if (seq > message.nextSeq) {
-    return replaceAt(messages, index, { ...message, pending: { ...message.pending, [seq]: delta } });
+    return replaceAt(messages, index, { ...message, pending: { ...message.pending, [seq]: piece } });
   }
-  let content = message.content + delta;
+  const pieces = [piece];
   let nextSeq = seq + 1;
   let pending = message.pending;
   if (Object.hasOwn(pending, nextSeq)) {
     pending = { ...pending };
     while (Object.hasOwn(pending, nextSeq)) {
-      content += pending[nextSeq];
+      pieces.push(pending[nextSeq]);
       delete pending[nextSeq];
       nextSeq += 1;
     }
   }
+  const text = appended(message, pieces, now);
   const { doneEarly } = message;
   if (doneEarly && nextSeq >= doneEarly.chunks) {
     // The chunks a `done` that came first was waiting for are all in.
-    const finished = { ...settled(message), content, nextSeq, pending, status: 'done', done: doneEarly };
-    return replaceAt(messages, index, finished);
+    return replaceAt(messages, index, ended({ ...message, ...text, nextSeq, pending }, 'done', doneEarly, now));
   }
-  return replaceAt(messages, index, { ...message, content, nextSeq, pending });
+  return replaceAt(messages, index, { ...message, ...text, nextSeq, pending });
 }
 
 // Chunks still waiting behind a gap when the request ends are appended in seq order:
 // showing them beats losing them. (A `done` that counts chunks waits for them instead.)
-function drainPending(message) {
-  const seqs = Object.keys(message.pending)
+function drainPending(message, now) {
+  const pieces = Object.keys(message.pending)
     .map(Number)
-    .sort((a, b) => a - b);
-  let content = message.content;
-  for (const seq of seqs) content += message.pending[seq];
-  return { content, pending: {} };
+    .sort((a, b) => a - b)
+    .map((seq) => message.pending[seq]);
+  return { ...appended(message, pieces, now), pending: {} };
+}
+
+// How long the answer reasoned, by the server's clock when its `done` says: from the
+// first text (reasoning comes first) to the first answer text, or to the end when no
+// answer came. The page's own figure counts a dropped connection in.
+function serverThinkingMs(done) {
+  const { ttft_ms: first, answer_ttft_ms: answer, total_ms: total } = done?.timing || {};
+  if (typeof first !== 'number') return undefined;
+  if (typeof answer === 'number') return Math.max(0, answer - first);
+  return typeof total === 'number' ? Math.max(0, total - first) : undefined;
+}
+
+// An answer that has ended: with `done` (status 'done') or an error (status 'error').
+function ended(message, status, outcome, now) {
+  const finished = { ...settled(message), ...drainPending(message, now), status };
+  if (status === 'done') finished.done = outcome;
+  else finished.error = outcome;
+  if (finished.reasoning) {
+    const measured = status === 'done' ? serverThinkingMs(outcome) : undefined;
+    if (measured !== undefined) finished.thinkingMs = measured;
+    else finished.thinkingMs ??= Math.max(0, now - (finished.thinkingSince ?? now));
+  }
+  return finished;
 }
 
 /**
  * Mark a live request finished with the server's `done` payload; a `done` that counts
  * chunks not all here yet waits for them (see noteGaps).
  */
-export function applyDone(messages, payload) {
+export function applyDone(messages, payload, now = Date.now()) {
   const index = liveIndex(messages, payload && payload.id);
   if (index < 0) return messages;
   const message = messages[index];
   if (Number.isInteger(payload.chunks) && message.nextSeq < payload.chunks) {
     return replaceAt(messages, index, { ...message, doneEarly: payload });
   }
-  return replaceAt(messages, index, {
-    ...settled(message),
-    ...drainPending(message),
-    status: 'done',
-    done: payload,
-  });
+  return replaceAt(messages, index, ended(message, 'done', payload, now));
 }
 
 /** Mark a live request failed; errors without an id (a rejected `chat`) change nothing here. */
-export function applyError(messages, payload) {
+export function applyError(messages, payload, now = Date.now()) {
   const index = liveIndex(messages, payload && payload.id);
   if (index < 0) return messages;
   const message = messages[index];
   const { code = 'internal', message: text = 'Unknown error', retryable = false } = payload;
   if (message.gapResumes > 0 && RESUME_REFUSALS.has(code)) return messages;
-  return replaceAt(messages, index, {
-    ...settled(message),
-    ...drainPending(message),
-    status: 'error',
-    error: { code, message: text, retryable },
-  });
+  return replaceAt(messages, index, ended(message, 'error', { code, message: text, retryable }, now));
 }
 
 const APPLY = { chunk: applyChunk, done: applyDone, error: applyError };
 
-/** Apply a batch of buffered socket events: [{type: 'chunk'|'done'|'error', payload}]. */
+/**
+ * Apply a batch of buffered socket events: [{type: 'chunk'|'done'|'error', payload,
+ * receivedAt?}], `receivedAt` being when the event arrived (ms since the epoch, as
+ * Date.now()): it times the reasoning.
+ */
 export function applyEvents(messages, events) {
   let next = messages;
-  for (const { type, payload } of events) {
+  for (const { type, payload, receivedAt } of events) {
     const apply = APPLY[type];
-    if (apply) next = apply(next, payload);
+    if (apply) next = apply(next, payload, receivedAt ?? Date.now());
   }
   return next;
 }
@@ -288,7 +340,11 @@ export function isStreaming(messages) {
   return messages.some((m) => m.role === 'assistant' && m.status === 'streaming');
 }
 
-/** The turns to send to the server: every user turn and every assistant turn with text. */
+/**
+ * The turns to send to the server: every user turn and every assistant turn with answer
+ * text, as {role, content}. Reasoning never goes back: upstreams refuse it or are told
+ * to drop it.
+ */
 export function historyOf(messages) {
   return messages
     .filter((m) => m.role === 'user' || (m.role === 'assistant' && m.content !== ''))
@@ -302,14 +358,19 @@ export function dropLastAnswer(messages) {
   return last < 0 ? messages : messages.slice(0, last + 1);
 }
 
-/** Time to first token, decode speed and a word for how the answer ended, from `done`. */
+/**
+ * Time to first token (of either kind) and to the first answer text, decode speed,
+ * reasoning tokens and a word for how the answer ended, from `done`.
+ */
 export function answerFigures(done) {
   if (!done) return null;
   const timing = done.timing || {};
   const usage = done.usage || {};
   const ttftMs = typeof timing.ttft_ms === 'number' ? timing.ttft_ms : null;
+  const answerTtftMs = typeof timing.answer_ttft_ms === 'number' ? timing.answer_ttft_ms : null;
   const totalMs = typeof timing.total_ms === 'number' ? timing.total_ms : null;
   const tokens = typeof usage.completion_tokens === 'number' ? usage.completion_tokens : null;
+  const reasoningTokens = Number.isInteger(usage.reasoning_tokens) ? usage.reasoning_tokens : null;
   let tokensPerSecond = null;
   if (tokens !== null && totalMs !== null) {
     // Decode speed: the tokens after the first, over the time after the first.
@@ -322,8 +383,10 @@ export function answerFigures(done) {
   }
   return {
     ttftMs,
+    answerTtftMs,
     totalMs,
     tokens,
+    reasoningTokens,
     estimated: Boolean(usage.estimated),
     tokensPerSecond,
     model: done.model || null,
@@ -341,8 +404,8 @@ const FINISH_WORDS = {
   tool_calls: 'tool call',
 };
 
-// What survives a reload: the turns, finished metadata, and for an answer still
-// streaming its text so far, next seq and resume token, to pick it up again.
+// What survives a reload: the turns, their reasoning, finished metadata, and for an
+// answer still streaming its text so far, next seq and resume token, to pick it up again.
 export function toStored(messages) {
   return messages.map(({ pending, resuming, doneEarly, gapSince, gapResumes, ...rest }) => {
     if (rest.status === 'streaming') return rest;
@@ -363,7 +426,15 @@ export function fromStored(value) {
     )
     .map((m) => {
       if (m.role !== 'assistant') return m;
-      const message = { status: 'done', ...m, pending: {} };
+      const message = {
+        status: 'done',
+        ...m,
+        reasoning: typeof m.reasoning === 'string' ? m.reasoning : '',
+        pending: {},
+      };
+      for (const field of ['thinkingSince', 'thinkingMs']) {
+        if (typeof message[field] !== 'number') delete message[field];
+      }
       if (!Number.isInteger(message.nextSeq) || message.nextSeq < 0) {
         // Without a trustworthy seq, a resume could duplicate text: do not try.
         message.nextSeq = 0;

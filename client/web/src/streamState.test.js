@@ -339,6 +339,250 @@ describe('a hole in seq (chunks lost on the way)', () => {
   });
 });
 
+describe('reasoning and answer chunks (kind)', () => {
+  const think = (seq, delta, receivedAt) => ({
+    type: 'chunk',
+    payload: { id: 'a1', seq, delta, kind: 'reasoning' },
+    receivedAt,
+  });
+  const say = (seq, delta, receivedAt) => ({ type: 'chunk', payload: { id: 'a1', seq, delta }, receivedAt });
+  const REASONED = {
+    ...DONE,
+    chunks: 4,
+    usage: { ...DONE.usage, reasoning_tokens: 30 },
+    timing: { ttft_ms: 400, answer_ttft_ms: 12_400, total_ms: 13_000 },
+  };
+
+  test('reasoning and answer text are kept apart, in seq order, and the reasoning is timed', () => {
+    const m = applyEvents(started(), [
+      think(0, 'Let me ', 1000),
+      think(1, 'see.', 2000),
+      say(2, 'It is ', 9000),
+      say(3, '42.', 9500),
+    ]);
+    expect(m[1]).toMatchObject({
+      reasoning: 'Let me see.',
+      content: 'It is 42.',
+      nextSeq: 4,
+      thinkingSince: 1000,
+      thinkingMs: 8000,
+      status: 'streaming',
+    });
+  });
+
+  test('while it reasons there is no thinking time yet, and no answer text', () => {
+    const m = applyEvents(started(), [think(0, 'Hmm', 1000), think(1, '…', 1500)]);
+    expect(m[1]).toMatchObject({ reasoning: 'Hmm…', content: '', thinkingSince: 1000 });
+    expect(m[1].thinkingMs).toBeUndefined();
+  });
+
+  test('an answer without reasoning has neither reasoning nor a thinking time', () => {
+    const m = applyEvents(started(), [say(0, 'Hi', 5), { type: 'done', payload: DONE, receivedAt: 6 }]);
+    expect(m[1]).toMatchObject({ reasoning: '', content: 'Hi', status: 'done' });
+    expect(m[1].thinkingSince).toBeUndefined();
+    expect(m[1].thinkingMs).toBeUndefined();
+  });
+
+  test('out-of-order chunks of both kinds wait for the gap, then apply by seq', () => {
+    let m = applyEvents(started(), [think(0, 'a', 100), say(3, 'D', 300), say(2, 'C', 250)]);
+    expect(m[1]).toMatchObject({ reasoning: 'a', content: '', nextSeq: 1 });
+    expect(Object.keys(m[1].pending)).toEqual(['2', '3']);
+    m = applyChunk(m, { id: 'a1', seq: 1, delta: 'b', kind: 'reasoning' }, 400);
+    // The switch to the answer is timed when it is applied, not when it arrived early.
+    expect(m[1]).toMatchObject({ reasoning: 'ab', content: 'CD', nextSeq: 4, pending: {}, thinkingMs: 300 });
+  });
+
+  test('a duplicate is dropped whatever its kind says', () => {
+    const m = applyEvents(started(), [think(0, 'a', 1), think(0, 'a', 2), say(0, 'X', 3), say(1, 'B', 4)]);
+    expect(applyChunk(m, { id: 'a1', seq: 1, delta: 'B' })).toBe(m);
+    expect(applyChunk(m, { id: 'a1', seq: 0, delta: 'a', kind: 'reasoning' })).toBe(m);
+    const held = applyEvents(m, [think(3, 'late', 5), say(3, 'dup', 6), say(2, 'C', 7)]);
+    expect(held[1]).toMatchObject({ reasoning: 'alate', content: 'BC', nextSeq: 4 });
+  });
+
+  test('reasoning after the answer started still goes to the reasoning, timing unchanged', () => {
+    const m = applyEvents(started(), [think(0, 'a', 0), say(1, 'B', 1000), think(2, 'c', 2000), say(3, 'D', 3000)]);
+    expect(m[1]).toMatchObject({ reasoning: 'ac', content: 'BD', thinkingMs: 1000 });
+  });
+
+  test('a kind this page does not know takes its seq and is not shown', () => {
+    const m = applyEvents(started(), [
+      say(0, 'A', 1),
+      { type: 'chunk', payload: { id: 'a1', seq: 1, delta: '{"x":1}', kind: 'tool_call' }, receivedAt: 2 },
+      say(2, 'B', 3),
+    ]);
+    expect(m[1]).toMatchObject({ content: 'AB', reasoning: '', nextSeq: 3 });
+    // kind: null is no kind: answer text.
+    const n = applyChunk(started(), { id: 'a1', seq: 0, delta: 'x', kind: null });
+    expect(n[1].content).toBe('x');
+  });
+
+  test("done takes the thinking time from the server's timing", () => {
+    const m = applyEvents(started(), [
+      think(0, 'a', 0),
+      think(1, 'b', 500),
+      say(2, 'C', 14_000), // the connection was slow: the page's clock says 14 s
+      say(3, 'D', 14_100),
+      { type: 'done', payload: REASONED, receivedAt: 14_200 },
+    ]);
+    expect(m[1]).toMatchObject({ status: 'done', reasoning: 'ab', content: 'CD', thinkingMs: 12_000 });
+  });
+
+  test('a reasoning-only answer (cut by max_tokens) keeps its reasoning and sends nothing back', () => {
+    const cut = {
+      ...DONE,
+      finish_reason: 'length',
+      chunks: 2,
+      usage: { ...DONE.usage, reasoning_tokens: 41 },
+      timing: { ttft_ms: 400, answer_ttft_ms: null, total_ms: 5400 },
+    };
+    let m = applyEvents(started(), [
+      think(0, 'First, ', 100),
+      think(1, 'consider…', 200),
+      { type: 'done', payload: cut, receivedAt: 5500 },
+    ]);
+    expect(m[1]).toMatchObject({ status: 'done', content: '', reasoning: 'First, consider…', thinkingMs: 5000 });
+    expect(answerFigures(m[1].done)).toMatchObject({ finish: 'truncated', reasoningTokens: 41, answerTtftMs: null });
+    m = [...m, userMessage('u2', 'go on'), assistantMessage('a2')];
+    expect(historyOf(m)).toEqual([
+      { role: 'user', content: 'hello' },
+      { role: 'user', content: 'go on' },
+    ]);
+    const reloaded = fromStored(JSON.parse(JSON.stringify(toStored(m.slice(0, 2)))));
+    expect(reloaded[1]).toMatchObject({ status: 'done', content: '', reasoning: 'First, consider…', thinkingMs: 5000 });
+  });
+
+  test('a reasoning-only answer without server timing is timed to its end by the page', () => {
+    const done = { id: 'a1', finish_reason: 'length', usage: {}, timing: {}, model: 'demo-reasoning' };
+    const m = applyEvents(started(), [think(0, 'a', 1000), { type: 'done', payload: done, receivedAt: 4000 }]);
+    expect(m[1].thinkingMs).toBe(3000);
+  });
+
+  test('an error while it reasons ends the thinking time; the reasoning stays', () => {
+    const m = applyEvents(started(), [
+      think(0, 'a', 1000),
+      {
+        type: 'error',
+        payload: { id: 'a1', code: 'upstream_timeout', message: 'slow', retryable: true },
+        receivedAt: 3500,
+      },
+    ]);
+    expect(m[1]).toMatchObject({ status: 'error', reasoning: 'a', thinkingMs: 2500 });
+  });
+
+  test('stopped while it reasons: cancelled, timed by the server to its end', () => {
+    const stopped = {
+      ...DONE,
+      finish_reason: 'cancelled',
+      chunks: 1,
+      timing: { ttft_ms: 300, answer_ttft_ms: null, total_ms: 2300 },
+    };
+    const m = applyEvents(started(), [think(0, 'a', 0), { type: 'done', payload: stopped, receivedAt: 9000 }]);
+    expect(m[1]).toMatchObject({ status: 'done', reasoning: 'a', content: '', thinkingMs: 2000 });
+  });
+
+  test('the history carries the answer text only, never the reasoning', () => {
+    let m = applyEvents(started(), [
+      think(0, 'secret plan', 0),
+      say(1, 'The answer.', 10),
+      { type: 'done', payload: { ...DONE, chunks: 2 }, receivedAt: 20 },
+    ]);
+    m = [...m, userMessage('u2', 'why?'), assistantMessage('a2')];
+    const history = historyOf(m);
+    expect(history).toEqual([
+      { role: 'user', content: 'hello' },
+      { role: 'assistant', content: 'The answer.' },
+      { role: 'user', content: 'why?' },
+    ]);
+    expect(JSON.stringify(history)).not.toContain('secret');
+  });
+
+  test('a reload in the middle of the reasoning resumes it, then the answer follows', () => {
+    let m = applyEvents(started(), [think(0, 'Let ', 1000), think(1, 'me ', 1100), think(3, 'think', 1300)]);
+    m = setResumeToken(m, 'a1', 'tok');
+    const reloaded = fromStored(JSON.parse(JSON.stringify(toStored(m))));
+    expect(reloaded[1]).toMatchObject({
+      status: 'streaming',
+      resuming: true,
+      reasoning: 'Let me ',
+      content: '',
+      thinkingSince: 1000,
+    });
+    expect(resumeRequests(reloaded)).toEqual([{ id: 'a1', token: 'tok', after: 1 }]);
+    const resumed = applyEvents(markResumed(reloaded, 'a1'), [
+      think(1, 'me ', 5000), // replayed again: dropped by seq
+      think(2, 'I ', 5000),
+      think(3, 'think', 5000),
+      say(4, 'Yes.', 6000),
+    ]);
+    expect(resumed[1]).toMatchObject({
+      reasoning: 'Let me I think',
+      content: 'Yes.',
+      nextSeq: 5,
+      thinkingSince: 1000,
+      thinkingMs: 5000,
+    });
+  });
+
+  test('a reload right at the switch from reasoning to answer repeats and loses nothing', () => {
+    let m = applyEvents(started(), [think(0, 'a', 0), think(1, 'b', 100), say(2, 'C', 900)]);
+    m = setResumeToken(m, 'a1', 'tok');
+    const reloaded = fromStored(JSON.parse(JSON.stringify(toStored(m))));
+    expect(reloaded[1]).toMatchObject({ reasoning: 'ab', content: 'C', thinkingMs: 900 });
+    expect(resumeRequests(reloaded)).toEqual([{ id: 'a1', token: 'tok', after: 2 }]);
+    const resumed = applyEvents(markResumed(reloaded, 'a1'), [say(2, 'C', 3000), say(3, 'D', 3000)]);
+    expect(resumed[1]).toMatchObject({ reasoning: 'ab', content: 'CD', thinkingMs: 900 });
+  });
+
+  test('a connection dropped before the answer began: the resume brings the switch', () => {
+    const lost = { code: 'disconnected', message: 'lost', retryable: true };
+    let m = setResumeToken(applyEvents(started(), [think(0, 'a', 0), think(1, 'b', 10)]), 'a1', 'tok');
+    m = suspendStreaming(m, lost);
+    expect(resumeRequests(m)).toEqual([{ id: 'a1', token: 'tok', after: 1 }]);
+    m = applyEvents(markResumed(m, 'a1'), [
+      think(0, 'a', 2000),
+      think(1, 'b', 2000),
+      say(2, 'C', 2000),
+      { type: 'done', payload: { ...REASONED, chunks: 3 }, receivedAt: 2001 },
+    ]);
+    expect(m[1]).toMatchObject({ status: 'done', reasoning: 'ab', content: 'C', thinkingMs: 12_000 });
+  });
+
+  test('a hole across the switch is asked for from the last contiguous seq, of either kind', () => {
+    let m = setResumeToken(applyEvents(started(), [think(0, 'a', 0), say(2, 'C', 10)]), 'a1', 'tok');
+    m = noteGaps(m, 0);
+    const due = takeDueGaps(m, GAP_MS);
+    expect(due.resumes).toEqual([{ id: 'a1', token: 'tok', after: 0 }]);
+    const filled = noteGaps(
+      applyEvents(due.messages, [think(1, 'b', GAP_MS + 1), say(2, 'C', GAP_MS + 1)]),
+      GAP_MS + 2,
+    );
+    expect(filled[1]).toMatchObject({ reasoning: 'ab', content: 'C', nextSeq: 3 });
+    expect(filled[1].gapSince).toBeUndefined();
+  });
+
+  test('a done that counts chunks not yet here waits for the last answer chunk', () => {
+    let m = applyEvents(started(), [
+      think(0, 'a', 0),
+      think(1, 'b', 1),
+      say(3, 'D', 2),
+      { type: 'done', payload: REASONED, receivedAt: 3 },
+    ]);
+    expect(m[1]).toMatchObject({ status: 'streaming', doneEarly: REASONED });
+    m = applyChunk(m, { id: 'a1', seq: 2, delta: 'C' }, 4);
+    expect(m[1]).toMatchObject({ status: 'done', reasoning: 'ab', content: 'CD', thinkingMs: 12_000 });
+  });
+
+  test('an older stored transcript without reasoning loads with none', () => {
+    const reloaded = fromStored([
+      { id: 'u1', role: 'user', content: 'hi' },
+      { id: 'a1', role: 'assistant', content: 'hello', status: 'done', thinkingMs: 'soon' },
+    ]);
+    expect(reloaded[1].reasoning).toBe('');
+    expect(reloaded[1]).not.toHaveProperty('thinkingMs');
+  });
+});
+
 describe('answerFigures', () => {
   test('ttft, decode speed, model and finish word come from done', () => {
     const f = answerFigures(DONE);
@@ -351,6 +595,16 @@ describe('answerFigures', () => {
   test('length reads as truncated and cancelled as stopped', () => {
     expect(answerFigures({ ...DONE, finish_reason: 'length' }).finish).toBe('truncated');
     expect(answerFigures({ ...DONE, finish_reason: 'cancelled' }).finish).toBe('stopped');
+  });
+
+  test('reasoning tokens and time to the first answer text, when the server sends them', () => {
+    const f = answerFigures({
+      ...DONE,
+      usage: { ...DONE.usage, reasoning_tokens: 120 },
+      timing: { ttft_ms: 300, answer_ttft_ms: 9300, total_ms: 10_300 },
+    });
+    expect(f).toMatchObject({ reasoningTokens: 120, answerTtftMs: 9300, ttftMs: 300 });
+    expect(answerFigures(DONE)).toMatchObject({ reasoningTokens: null, answerTtftMs: null });
   });
 
   test('no text produced: null ttft, no speed', () => {

@@ -116,14 +116,15 @@ export function useChat() {
     function onConnectError() {
       setConnection(socket.active ? 'reconnecting' : 'offline');
     }
+    // Stamped on arrival: the frame that applies them comes a little later.
     function onChunk(payload) {
-      frames.push({ type: 'chunk', payload });
+      frames.push({ type: 'chunk', payload, receivedAt: Date.now() });
     }
     function onDone(payload) {
-      frames.push({ type: 'done', payload });
+      frames.push({ type: 'done', payload, receivedAt: Date.now() });
     }
     function onError(payload) {
-      frames.push({ type: 'error', payload });
+      frames.push({ type: 'error', payload, receivedAt: Date.now() });
     }
     function onBrowserOffline() {
       setConnection('offline');
@@ -188,16 +189,18 @@ export function useChat() {
   }, [commit]);
   useGapTimer(nextGapDue(messages), fillGaps);
 
-  // Ask for an answer to `base`, whose last turn is the user's.
+  // Ask `model` (null: the server's default) for an answer to `base`, whose last turn is
+  // the user's.
   const ask = useCallback(
-    (base) => {
+    (base, model) => {
       const id = crypto.randomUUID();
-      const history = historyOf(base);
+      const request = { id, messages: historyOf(base) };
+      if (model) request.model = model;
       // The answer's state exists before the request leaves: chunks may beat the ack.
       commit([...base, assistantMessage(id)]);
       socket
         .timeout(ACK_TIMEOUT_MS)
-        .emitWithAck('chat', { id, messages: history })
+        .emitWithAck('chat', request)
         .then((ack) => {
           buffer.current?.flush();
           if (ack && ack.ok) commit(setResumeToken(current.current, id, ack.resume_token));
@@ -212,11 +215,11 @@ export function useChat() {
   );
 
   const send = useCallback(
-    (text) => {
+    (text, model = null) => {
       buffer.current?.flush();
       const content = text.trim();
       if (!content || isStreaming(current.current)) return false;
-      ask([...current.current, userMessage(crypto.randomUUID(), content)]);
+      ask([...current.current, userMessage(crypto.randomUUID(), content)], model);
       return true;
     },
     [ask],
@@ -231,12 +234,15 @@ export function useChat() {
     }
   }, []);
 
-  const regenerate = useCallback(() => {
-    buffer.current?.flush();
-    if (isStreaming(current.current)) return;
-    const base = dropLastAnswer(current.current);
-    if (base.length > 0 && base[base.length - 1].role === 'user') ask(base);
-  }, [ask]);
+  const regenerate = useCallback(
+    (model = null) => {
+      buffer.current?.flush();
+      if (isStreaming(current.current)) return;
+      const base = dropLastAnswer(current.current);
+      if (base.length > 0 && base[base.length - 1].role === 'user') ask(base, model);
+    },
+    [ask],
+  );
 
   const newChat = useCallback(() => {
     stop();

@@ -1,5 +1,6 @@
-import { memo, useMemo } from 'react';
+import { memo, useMemo, useSyncExternalStore } from 'react';
 import { renderMarkdown } from '../markdown.js';
+import { renderersVersion, subscribe } from '../renderers.js';
 
 async function copyText(text) {
   try {
@@ -34,11 +35,19 @@ function onClick(event) {
   });
 }
 
-/** Untrusted markdown, rendered safely (see markdown.js); parsed again only when text changes. */
-function Markdown({ text }) {
-  const html = useMemo(() => renderMarkdown(text), [text]);
-  // Safe: markdown-it escapes all HTML in the text (html: false) and vets link targets.
-  return <div className="markdown" onClick={onClick} dangerouslySetInnerHTML={{ __html: html }} />;
+/**
+ * Untrusted markdown, rendered safely (see markdown.js); parsed again only when the text
+ * changes, or once when the highlighter or KaTeX it asked for has arrived.
+ */
+function Markdown({ text, className = 'markdown', testId }) {
+  // renderMarkdown reads the renderers loaded so far: a new one is a reason to render again.
+  const renderers = useSyncExternalStore(subscribe, renderersVersion, renderersVersion);
+  const html = useMemo(() => renderMarkdown(text), [text, renderers]);
+  // Safe: markdown-it escapes all HTML in the text (html: false) and vets link targets;
+  // highlight.js escapes code; KaTeX runs with trust: false.
+  return (
+    <div className={className} data-testid={testId} onClick={onClick} dangerouslySetInnerHTML={{ __html: html }} />
+  );
 }
 
 export default memo(Markdown);

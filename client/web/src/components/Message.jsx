@@ -1,6 +1,7 @@
 import { memo } from 'react';
 import AnswerMeta from './AnswerMeta.jsx';
 import Markdown from './Markdown.jsx';
+import ThinkingBlock from './ThinkingBlock.jsx';
 
 function ErrorNotice({ error, onRetry }) {
   return (
@@ -29,8 +30,8 @@ function Message({ message, onRegenerate, onRetry }) {
       </article>
     );
   }
-  const { status } = message;
-  const waiting = status === 'streaming' && message.content === '';
+  const { status, reasoning = '' } = message;
+  const waiting = status === 'streaming' && message.content === '' && reasoning === '';
   return (
     <article
       className={`message assistant is-${status}`}
@@ -44,14 +45,22 @@ function Message({ message, onRegenerate, onRetry }) {
         ✦
       </div>
       <div className="body">
+        {reasoning !== '' && (
+          <ThinkingBlock
+            reasoning={reasoning}
+            thinkingSince={message.thinkingSince}
+            thinkingMs={message.thinkingMs}
+            answered={message.content !== ''}
+          />
+        )}
         {waiting ? (
-          <div className="typing" aria-label="Thinking">
+          <div className="typing" aria-label="Waiting for the answer">
             <span />
             <span />
             <span />
           </div>
         ) : (
-          message.content !== '' && <Markdown text={message.content} />
+          message.content !== '' && <Markdown text={message.content} testId="answer-text" />
         )}
         {message.resuming && (
           <p className="resuming" role="status">

@@ -1,0 +1,101 @@
+"""Several nodes: ``resume`` and ``stop`` of a stream that another node generates.
+
+A client may reconnect to another node than the one generating its answer. That node
+asks the owner over the owner's control channel (``cluster.py``): the owner replays
+the missing chunks and streams on through the Socket.IO message queue, or stops the
+stream. When the owner is dead, the mirror in Redis answers instead, and the request
+ends with a retryable ``interrupted`` error, as it does for a client watching a
+stream whose owner dies.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .auth import may_resume
+from .cluster import Cluster, Mirror
+from .protocol import ProtocolError, interrupted, resume_denied
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+log = logging.getLogger(__name__)
+
+
+class Forwarding:
+    def __init__(self, relay: Relay, cluster: Cluster):
+        self.relay = relay
+        self.cluster = cluster
+        self.store = cluster.store
+        cluster.handlers["resume"] = self._resume_for_peer
+        cluster.handlers["stop"] = self._stop_for_peer
+        cluster.on_owner_lost = self._owner_lost
+
+    def resume(
+        self, sid: str, request_id: str, token: str, after: int, identity: str
+    ) -> int:
+        """Resume a stream this node does not hold: through its owner, or, when the
+        owner is gone, from the mirror, ending with a retryable error."""
+        mirror = self.store.mirrored(token)
+        if (
+            mirror is None
+            or mirror.id != request_id
+            or not may_resume(identity, mirror.identity)
+        ):
+            raise resume_denied(request_id)
+        if mirror.terminal is None and self.store.alive(mirror.node):
+            result = self.cluster.ask(
+                mirror.node,
+                {
+                    "op": "resume",
+                    "token": token,
+                    "id": request_id,
+                    "sid": sid,
+                    "after": after,
+                    "identity": identity,
+                },
+            )
+            if result["ok"]:
+                self.cluster.watch(token, sid)
+                self.relay.metrics.resumes.inc()
+                return result["value"]
+            if result["code"] != "timeout":
+                raise ProtocolError(result["code"], result["message"], request_id)
+            # The owner did not answer: treat it as gone.
+        connection = self.relay.connection(sid)
+        chunks = self.store.mirrored_chunks(token, after)
+        for seq, (kind, delta) in enumerate(chunks, start=after + 1):
+            connection.send_chunk(request_id, seq, kind, delta)
+        connection.send(*(mirror.terminal or ("error", interrupted(request_id))))
+        self.relay.metrics.resumes.inc()
+        return len(chunks)
+
+    def stop(self, sid: str, request_id: str) -> bool:
+        """Ask the owner of ``sid``'s request to stop it; False when none has it."""
+        token = self.store.token_for(sid, request_id)
+        mirror = self.store.mirrored(token) if token else None
+        if token is None or mirror is None or mirror.terminal is not None:
+            return False
+        if not self.store.alive(mirror.node):
+            return False
+        self.cluster.send(mirror.node, {"op": "stop", "token": token})
+        return True
+
+    def _resume_for_peer(self, message: dict[str, Any]) -> int:
+        return self.relay.resume(
+            message["sid"],
+            message["id"],
+            message["token"],
+            message["after"],
+            message["identity"],
+        )
+
+    def _stop_for_peer(self, message: dict[str, Any]) -> None:
+        stream = self.store.by_token(message["token"])
+        if stream is not None:
+            self.relay.finish(stream, "cancelled")
+
+    def _owner_lost(self, token: str, sid: str, mirror: Mirror) -> None:
+        log.warning("node %s died with request %s in flight", mirror.node, mirror.id)
+        self.relay.connection(sid).send("error", interrupted(mirror.id))
