@@ -1,11 +1,23 @@
-"""Capacity: how many concurrent streams one server process carries.
+"""Capacity: how many concurrent streams one server process carries, and its CPU per
+token.
 
-Concurrent streams are ramped (100, 250, 500, 1000, 2000), each at 50 tokens/s from
-a source paced server-side (the relay's demo model, the peers' word generator), so
-the upstream is not the bottleneck; one more level goes through the test server.
-Each level runs on a freshly started server, keeps its streams in flight (each
-finished stream replaced at once), discards a warm-up and splits the rest of the
-window into consecutive parts, whose figures' median is reported.
+Concurrent streams are ramped (100, 250, 500, 1000, 2000) at 50 tokens/s each, in
+two series per target:
+
+- ``upstream`` (the headline): every stream comes from ``tests/openai_server.py``
+  over real HTTP, read by the target's own upstream client (the relay's openai
+  provider, the peers' ``openai`` package), as it runs in production;
+- ``demo``: "demo model, paced inside the server": the source is paced inside the
+  target (the relay's demo model, the peers' word generator), so no upstream is
+  involved.
+
+Next to them, once per run, the ``direct`` series reads the same load straight
+from the test server with no relay at all (``AsyncOpenAI`` at 100 streams, a raw
+HTTP reader at every level): what the upstream and the load generator themselves
+sustain. Each level runs on freshly started processes (server and test server),
+keeps its streams in flight (each finished stream replaced at once), discards a
+warm-up and splits the rest of the window into consecutive parts, whose figures'
+median is reported.
 
 A token is on time when it arrives no later than 100 ms after its place on the
 stream's schedule: token k of a stream is due at ``anchor + k / 50 s``, the anchor
@@ -15,10 +27,12 @@ not in events, so coalesced chunks are measured the same. Capacity is the most
 streams at which ≥ 99 % of the tokens arrive within the stream's time limit and the
 p99 lateness is ≤ 100 ms, in a valid run.
 
-Also: the server's CPU and RSS (its gunicorn worker's /proc), and its RSS per idle
-connection (RSS delta over N idle Socket.IO connections / N).
+Also: the server's CPU and RSS (its worker's /proc) and its CPU µs per token
+delivered (cores × 1e6 / tokens per second), the test server's CPU, and the server's
+RSS per idle connection (RSS delta over N idle Socket.IO connections / N).
 
-    python -m bench.capacity [--quick] [--targets relay-eventlet,naive-sio]
+    python -m bench.capacity [--quick] [--targets relay-eventlet,sio-asgi]
+        [--levels 100,250] [--series upstream,demo] [--no-direct]
 """
 
 from __future__ import annotations
@@ -31,10 +45,13 @@ from typing import Any
 from .common import (
     DEMO_PROMPT,
     Watched,
+    cpu_us_per,
     expected_text,
+    judge,
     level_figures,
     run_phase,
     upstream_prompt,
+    verdict,
 )
 from .loadgen import Generators, Job
 from .procstat import status_kb
@@ -47,12 +64,14 @@ from .servers import (
     unwind_on_signals,
 )
 
-MAX_LATENESS_MS = 100.0
-MIN_DELIVERED = 0.99
-# A level this far off is failed even in an INVALID run: no measurement error of
-# the size that made it INVALID (tens of ms of lag) explains it.
-GROSS_LATENESS_MS = 1000.0
-GROSS_DELIVERED = 0.9
+SERIES = ("upstream", "demo")
+LABELS = {
+    "upstream": "through the test server",
+    "demo": "demo model, paced inside the server",
+    "direct": "no relay, straight from the test server",
+}
+# The no-relay readers: the official client, and the lean one for high levels.
+DIRECT_CLIENTS = {"openai": "AsyncOpenAI", "openai-http": "raw HTTP"}
 
 
 @dataclass
@@ -64,7 +83,11 @@ class CapacityConfig:
     duration: float = 12.0
     warmup: float = 4.5
     parts: int = 3
-    upstream_level: int = 100  # the test-server variant's streams; 0: none
+    series: tuple[str, ...] = SERIES
+    # The no-relay series: AsyncOpenAI at this many streams (0: not), then the raw
+    # HTTP reader at each of ``direct_levels`` (None: the ramp's levels; (): none).
+    direct_openai_level: int = 100
+    direct_levels: tuple[int, ...] | None = None
     idle_connections: int = 1000
     processes: int = 2
     # Levels still run after the first failing one: a ramp past the knee shows
@@ -83,38 +106,17 @@ QUICK_CAPACITY = CapacityConfig(
     duration=3.0,
     warmup=1.2,
     parts=2,
-    upstream_level=20,
+    direct_openai_level=20,
     idle_connections=100,
     quiet_wait=0.0,
 )
 
 
-def measure_target(
-    target: str, upstream: Upstream | None, config: CapacityConfig, log=print
-) -> dict[str, Any]:
-    levels: list[dict[str, Any]] = []
-    failures = 0
-    for streams in config.levels:
-        if failures > config.levels_after_failure:
-            levels.append({"streams": streams, "skipped": "lower levels failed"})
-            continue
-        level = _guarded(run_level, target, streams, config, None)
-        levels.append(level)
-        _log_level(log, target, level)
-        if not level["passes"] and (not level["invalid"] or level["gross_failure"]):
-            failures += 1
-    out: dict[str, Any] = {"target": target, "levels": levels}
-    out["capacity"], out["capacity_note"] = capacity_of(levels)
-    out["invalid_levels"] = [lv["streams"] for lv in levels if lv.get("invalid")]
-    if upstream is not None and config.upstream_level:
-        level = _guarded(run_level, target, config.upstream_level, config, upstream)
-        _log_level(log, target + " via upstream", level)
-        out["upstream_variant"] = level
-        level = _guarded(
-            run_direct_level, target, config.upstream_level, config, upstream
-        )
-        _log_level(log, "  direct to the upstream", level)
-        out["upstream_direct"] = level
+def measure_target(target: str, config: CapacityConfig, log=print) -> dict[str, Any]:
+    """A target's series (through the test server first) and its idle memory."""
+    out: dict[str, Any] = {"target": target}
+    for series in config.series:
+        out[series] = run_series(target, series, config, log)
     try:
         out["idle"] = idle_rss(target, config)
     except Exception as exc:  # noqa: BLE001  (reported; the run goes on)
@@ -122,14 +124,56 @@ def measure_target(
     return out
 
 
+def run_series(
+    target: str, series: str, config: CapacityConfig, log=print
+) -> dict[str, Any]:
+    """One ramp: each level on fresh processes, until one level after a failure."""
+    levels: list[dict[str, Any]] = []
+    failures = 0
+    for streams in config.levels:
+        if failures > config.levels_after_failure:
+            levels.append(
+                {"streams": streams, "series": series, "skipped": "lower levels failed"}
+            )
+            continue
+        level = _guarded(run_level, target, series, streams, config)
+        levels.append(level)
+        _log_level(log, f"{target} {series}", level)
+        if not level["passes"] and (not level["invalid"] or level["gross_failure"]):
+            failures += 1
+    best, note = capacity_of(levels)
+    return {
+        "series": series,
+        "label": LABELS[series],
+        "levels": levels,
+        "capacity": best,
+        "capacity_note": note,
+        "invalid_levels": [lv["streams"] for lv in levels if lv.get("invalid")],
+    }
+
+
+def measure_direct(config: CapacityConfig, log=print) -> dict[str, Any]:
+    """The no-relay series: the load read straight from a fresh test server."""
+    runs = []
+    if config.direct_openai_level:
+        runs.append(("openai", config.direct_openai_level))
+    direct = config.levels if config.direct_levels is None else config.direct_levels
+    runs += [("openai-http", streams) for streams in direct]
+    levels = []
+    for client, streams in runs:
+        level = _guarded(run_direct_level, client, "direct", streams, config)
+        level["client"] = DIRECT_CLIENTS[client]
+        levels.append(level)
+        _log_level(log, f"no relay ({DIRECT_CLIENTS[client]})", level)
+    return {"series": "direct", "label": LABELS["direct"], "levels": levels}
+
+
 def all_levels(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """A target's ramp levels, then its upstream variant and the no-relay level beside
-    it, each of those two tagged ``via`` ("upstream", "direct")."""
-    levels = list(result["levels"])
-    for key, via in (("upstream_variant", "upstream"), ("upstream_direct", "direct")):
-        if key in result:
-            levels.append({**result[key], "via": via})
-    return levels
+    """A target's levels (or the direct series' levels), each with its ``series``."""
+    if result.get("series") == "direct":
+        return list(result["levels"])
+    ramps = [result[series] for series in SERIES if series in result]
+    return [level for ramp in ramps for level in ramp["levels"]]
 
 
 def capacity_of(levels: list[dict[str, Any]]) -> tuple[int, str]:
@@ -149,54 +193,64 @@ def capacity_of(levels: list[dict[str, Any]]) -> tuple[int, str]:
     return best, note
 
 
-def _guarded(run, target: str, streams: int, config, upstream) -> dict[str, Any]:
+def _guarded(run, name: str, series: str, streams: int, config) -> dict[str, Any]:
     """A level, or the record of its failing to run (the benchmark goes on)."""
     try:
-        return run(target, streams, config, upstream=upstream)
+        return run(name, series, streams, config)
     except Exception as exc:  # noqa: BLE001
         return {
             "streams": streams,
+            "series": series,
             "error": f"{type(exc).__name__}: {exc}"[:500],
             "invalid": [],
             "passes": False,
             "gross_failure": True,
             "delivered_fraction": None,
+            "lateness_p50_ms": None,
             "lateness_p99_ms": None,
             "server_cpu_cores": None,
+            "cpu_us_per_token": None,
+            "upstream_cpu_cores": None,
             "generator_cpu_cores": [],
             "server_memory": {},
         }
 
 
 def run_level(
-    target: str, streams: int, config: CapacityConfig, upstream: Upstream | None
+    target: str, series: str, streams: int, config: CapacityConfig
 ) -> dict[str, Any]:
     base, _ = parse_target(target)
     kind = TARGETS[base]["kind"]
-    if upstream is not None:
+    upstream = None
+    if series == "upstream":
         source = "upstream"
         prompt = upstream_prompt(config.ttft, config.rate, config.tokens)
+        upstream = Upstream(config.ttft, config.rate, config.tokens)
     else:
         source = "demo" if base.startswith("relay") else "words"
         prompt = DEMO_PROMPT
-    server = start_target(
-        target,
-        upstream=upstream,
-        demo=None if upstream else (config.ttft, config.rate),
-        connections=streams,
-    )
     try:
-        idle_rss_mb = status_kb(server.worker, "VmRSS") / 1024
-        job = sustained_job(config, kind, server.url, streams, source, prompt)
-        watched = Watched(
-            server=server.worker, upstream=upstream.worker if upstream else None
+        server = start_target(
+            target,
+            upstream=upstream,
+            demo=None if upstream else (config.ttft, config.rate),
+            connections=streams,
         )
-        phase = run_phase(
-            job, config.processes, watched, config.parts, config.quiet_wait
-        )
+        try:
+            idle_rss_mb = status_kb(server.worker, "VmRSS") / 1024
+            job = sustained_job(config, kind, server.url, streams, source, prompt)
+            watched = Watched(
+                server=server.worker, upstream=upstream.worker if upstream else None
+            )
+            phase = run_phase(
+                job, config.processes, watched, config.parts, config.quiet_wait
+            )
+        finally:
+            server.stop()
     finally:
-        server.stop()
-    level = _level(streams, source, phase, config)
+        if upstream is not None:
+            upstream.stop()
+    level = _level(streams, series, source, phase, config)
     level["server_idle_rss_mb"] = round(idle_rss_mb, 1)
     return level
 
@@ -230,36 +284,44 @@ def sustained_job(
 
 
 def run_direct_level(
-    target: str, streams: int, config: CapacityConfig, upstream: Upstream
+    client: str, series: str, streams: int, config: CapacityConfig
 ) -> dict[str, Any]:
-    """The upstream variant's load with no relay: ``AsyncOpenAI`` clients reading the
-    test server straight, run next to ``target``'s variant so that what the upstream
-    itself sustains is measured in the same run."""
+    """The capacity load with no relay: ``client`` ("openai": ``AsyncOpenAI``;
+    "openai-http": the raw reader) reading a fresh test server straight."""
     prompt = upstream_prompt(config.ttft, config.rate, config.tokens)
-    job = sustained_job(
-        config,
-        "openai",
-        upstream.base_url,
-        streams,
-        "upstream",
-        prompt,
-        api_key=UPSTREAM_KEY,
-    )
-    phase = run_phase(
-        job,
-        config.processes,
-        Watched(upstream=upstream.worker),
-        config.parts,
-        config.quiet_wait,
-    )
-    return _level(streams, "upstream", phase, config)
+    upstream = Upstream(config.ttft, config.rate, config.tokens)
+    try:
+        job = sustained_job(
+            config,
+            client,
+            upstream.base_url,
+            streams,
+            "upstream",
+            prompt,
+            api_key=UPSTREAM_KEY,
+        )
+        phase = run_phase(
+            job,
+            config.processes,
+            Watched(upstream=upstream.worker),
+            config.parts,
+            config.quiet_wait,
+        )
+    finally:
+        upstream.stop()
+    return _level(streams, series, "upstream", phase, config)
 
 
 def _level(
-    streams: int, source: str, phase: dict[str, Any], config: CapacityConfig
+    streams: int,
+    series: str,
+    source: str,
+    phase: dict[str, Any],
+    config: CapacityConfig,
 ) -> dict[str, Any]:
     level: dict[str, Any] = {
         "streams": streams,
+        "series": series,
         "source": source,
         **level_figures(phase),
     }
@@ -273,9 +335,16 @@ def _level(
     level["finishes"] = phase["finishes"]
     level["connect_failures"] = phase["connect_failures"]
     level["connect_errors"] = phase["connect_errors"]
+    level["deflate_connections"] = phase["deflate_connections"]
     level["server_cpu_cores"] = phase["cpu"].get("server")
+    level["cpu_us_per_token"] = cpu_us_per(
+        level["server_cpu_cores"], level["tokens_per_s_delivered"]
+    )
     level["server_memory"] = phase["memory"]
     level["upstream_cpu_cores"] = phase["cpu"].get("upstream")
+    level["upstream_cpu_us_per_token"] = cpu_us_per(
+        level["upstream_cpu_cores"], level["tokens_per_s_delivered"]
+    )
     level["generator_cpu_cores"] = phase["cpu"]["generators"]
     level["generator_loop_lag_p99_ms"] = [
         g["loop_lag_p99_ms"] for g in phase["generators"]
@@ -285,17 +354,7 @@ def _level(
     level["waited_for_quiet_s"] = phase["waited_for_quiet_s"]
     level["invalid"] = phase["invalid"]
     level["measured_warmup_streams"] = phase["measured_warmup_streams"]
-    level["gross_failure"] = (
-        phase["connect_failures"] > streams * 0.01
-        or (level["delivered_fraction"] or 0) < GROSS_DELIVERED
-        or (level["lateness_p99_ms"] or 0) > GROSS_LATENESS_MS
-    )
-    level["passes"] = (
-        phase["connect_failures"] == 0
-        and (level["delivered_fraction"] or 0) >= MIN_DELIVERED
-        and level["lateness_p99_ms"] is not None
-        and level["lateness_p99_ms"] <= MAX_LATENESS_MS
-    )
+    judge(level, phase["connect_failures"], streams)
     return level
 
 
@@ -343,62 +402,96 @@ def idle_rss(target: str, config: CapacityConfig) -> dict[str, Any]:
     }
 
 
-def verdict(level: dict[str, Any]) -> str:
-    if "error" in level:
-        return "FAIL: " + level["error"]
-    if level["invalid"]:
-        reasons = "; ".join(level["invalid"])
-        if level["gross_failure"]:
-            return f"FAIL by far (in an INVALID run: {reasons})"
-        return "INVALID: " + reasons
-    return "pass" if level["passes"] else "FAIL"
-
-
-def _log_level(log, target: str, level: dict[str, Any]) -> None:
+def _log_level(log, name: str, level: dict[str, Any]) -> None:
     log(
-        f"  capacity {target} {level['streams']} streams: "
-        f"delivered {level['delivered_fraction']}, "
-        f"lateness p99 {level['lateness_p99_ms']} ms, "
-        f"server cpu {level['server_cpu_cores']}, "
+        f"  capacity {name} {level['streams']} streams: "
+        f"delivered {level.get('delivered_fraction')}, "
+        f"lateness p99 {level.get('lateness_p99_ms')} ms, "
+        f"server cpu {level.get('server_cpu_cores')} "
+        f"({level.get('cpu_us_per_token')} µs/token), "
         f"upstream cpu {level.get('upstream_cpu_cores')}, "
-        f"generators {level['generator_cpu_cores']} -> {verdict(level)}"
+        f"generators {level.get('generator_cpu_cores')} -> {verdict(level)}"
     )
 
 
+# The figures printed per level, and per series which of them are judged.
+_PRINTED = (
+    "delivered_fraction",
+    "lateness_p99_ms",
+    "server_cpu_cores",
+    "cpu_us_per_token",
+    "upstream_cpu_cores",
+)
+_JUDGED = ("delivered_fraction", "lateness_p99_ms")
+
+
 def print_figures(result: dict[str, Any]) -> None:
+    """``name: figure`` lines: ``<target>.capacity_streams`` (through the test
+    server, the headline), ``<target>.demo.capacity_streams``, and per level
+    ``<target>.<series>.<streams>.<figure>``."""
     target = result["target"]
-    note = f" ({result['capacity_note']})" if result["capacity_note"] else ""
-    print(f"{target}.capacity_streams: {result['capacity']}{note}")
-    for level in result["levels"]:
-        if "skipped" in level or "error" in level:
+    for series in SERIES:
+        if series not in result:
             continue
-        name = f"{target}.{level['streams']}"
-        state = "INVALID " if level["invalid"] else ""
-        print(f"{name}.delivered_fraction: {state}{level['delivered_fraction']}")
-        print(f"{name}.lateness_p99_ms: {state}{level['lateness_p99_ms']}")
-        print(f"{name}.server_cpu_cores: {level['server_cpu_cores']}")
-        print(f"{name}.server_rss_mb: {level['server_memory'].get('rss_mb')}")
+        ramp = result[series]
+        note = f" ({ramp['capacity_note']})" if ramp["capacity_note"] else ""
+        head = target if series == "upstream" else f"{target}.{series}"
+        print(f"{head}.capacity_streams: {ramp['capacity']}{note}")
+        for level in ramp["levels"]:
+            _print_level(f"{target}.{series}.{level['streams']}", level, _PRINTED)
+            if "rss_mb" in level.get("server_memory", {}):
+                name = f"{target}.{series}.{level['streams']}.server_rss_mb"
+                print(f"{name}: {level['server_memory']['rss_mb']}")
     idle = result["idle"]
     if "rss_per_connection_kb" in idle:
         print(f"{target}.rss_per_idle_connection_kb: {idle['rss_per_connection_kb']}")
 
 
+def print_direct(direct: dict[str, Any]) -> None:
+    """``direct.<client>.<streams>.<figure>`` lines for the no-relay series."""
+    for level in direct["levels"]:
+        client = "asyncopenai" if level["client"] == "AsyncOpenAI" else "http"
+        _print_level(
+            f"direct.{client}.{level['streams']}",
+            level,
+            (
+                "delivered_fraction",
+                "lateness_p99_ms",
+                "upstream_cpu_cores",
+                "upstream_cpu_us_per_token",
+            ),
+        )
+
+
+def _print_level(name: str, level: dict[str, Any], keys: tuple[str, ...]) -> None:
+    if "skipped" not in level and "error" not in level:
+        state = "INVALID " if level["invalid"] else ""
+        for key in keys:
+            mark = state if key in _JUDGED else ""
+            print(f"{name}.{key}: {mark}{level[key]}")
+    print(f"{name}.verdict: {verdict(level)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--targets", default="relay-eventlet,relay-threading")
+    parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--levels", help="comma-separated stream counts")
+    parser.add_argument("--series", help=f"comma-separated, of {', '.join(SERIES)}")
+    parser.add_argument(
+        "--no-direct", action="store_true", help="skip the no-relay series"
+    )
     args = parser.parse_args()
     unwind_on_signals()
     config = QUICK_CAPACITY if args.quick else CapacityConfig()
     if args.levels:
         config.levels = tuple(int(n) for n in args.levels.split(","))
-    upstream = Upstream(config.ttft, config.rate, config.tokens)
-    try:
-        for target in args.targets.split(","):
-            print_figures(measure_target(target, upstream, config))
-    finally:
-        upstream.stop()
+    if args.series:
+        config.series = tuple(args.series.split(","))
+    if not args.no_direct:
+        print_direct(measure_direct(config))
+    for target in args.targets.split(","):
+        print_figures(measure_target(target, config))
 
 
 if __name__ == "__main__":

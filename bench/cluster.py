@@ -43,10 +43,18 @@ from typing import Any
 
 from . import capacity
 from .capacity import CapacityConfig
-from .common import DEMO_PROMPT, expected_text, invalid_reasons, level_figures
+from .common import (
+    DEMO_PROMPT,
+    cpu_us_per,
+    expected_text,
+    invalid_reasons,
+    judge,
+    level_figures,
+    verdict,
+)
 from .loadgen import Generators, Job, SioClient, StreamRecord, _main, _summarise, merge
 from .procstat import CpuMeter, cpu_seconds, percentile
-from .servers import LOGS, ROOT, Server, free_port, unwind_on_signals
+from .servers import LOGS, ROOT, Server, free_port, stop, unwind_on_signals
 
 RESULTS = ROOT / "bench" / "results"
 RESUME_ATTEMPTS = 30
@@ -119,13 +127,7 @@ class RedisServer:
             return ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, 10)
         self._log.close()
         self._dir.cleanup()
 
@@ -275,28 +277,12 @@ def run_level(nodes: int, streams: int, config: CapacityConfig) -> dict[str, Any
     level["other_cpu_cores"] = cpu["other"]
     level["machine_cpu_cores"] = cpu["machine"]
     level["waited_for_quiet_s"] = waited
-    level["cpu_us_per_token"] = _us_per(
+    level["cpu_us_per_token"] = cpu_us_per(
         level["total_server_cpu_cores"], phase["window_tokens_per_s"]
     )
     level["invalid"] = invalid
-    level["gross_failure"] = (
-        phase["connect_failures"] > streams * 0.01
-        or (level["delivered_fraction"] or 0) < capacity.GROSS_DELIVERED
-        or (level["lateness_p99_ms"] or 0) > capacity.GROSS_LATENESS_MS
-    )
-    level["passes"] = (
-        phase["connect_failures"] == 0
-        and (level["delivered_fraction"] or 0) >= capacity.MIN_DELIVERED
-        and level["lateness_p99_ms"] is not None
-        and level["lateness_p99_ms"] <= capacity.MAX_LATENESS_MS
-    )
+    judge(level, phase["connect_failures"], streams)
     return level
-
-
-def _us_per(cores: float | None, per_second: float | None) -> float | None:
-    if not cores or not per_second:
-        return None
-    return round(cores / per_second * 1e6, 1)
 
 
 def _wait_quiet(pids: dict[str, int], max_wait: float) -> float:
@@ -620,7 +606,7 @@ def queue_case(cross: bool, config: ClusterConfig) -> dict[str, Any]:
         "ttft_p50_ms": ms(percentile(pooled["ttft"], 50)),
         "chunks_per_s": round(chunks_per_s, 1),
         "cpu_cores": {k: cpu[k] for k in pids},
-        "cpu_us_per_chunk": {k: _us_per(cpu[k], chunks_per_s) or 0.0 for k in pids},
+        "cpu_us_per_chunk": {k: cpu_us_per(cpu[k], chunks_per_s) or 0.0 for k in pids},
         "generator_cpu_cores": generators,
         "other_cpu_cores": other,
         "machine_cpu_cores": cpu["machine"],
@@ -665,17 +651,6 @@ def _short(level: dict[str, Any]) -> str:
         f"{level['lateness_p99_ms']} ms, nodes cpu {level['node_cpu_cores']}, "
         f"redis {level['redis_cpu_cores']} -> {verdict(level)}"
     )
-
-
-def verdict(level: dict[str, Any]) -> str:
-    if "error" in level:
-        return "FAIL: " + level["error"]
-    if level["invalid"]:
-        reasons = "; ".join(level["invalid"])
-        if level["gross_failure"]:
-            return f"FAIL by far (in an INVALID run: {reasons})"
-        return "INVALID: " + reasons
-    return "pass" if level["passes"] else "FAIL"
 
 
 def print_figures(result: dict[str, Any]) -> None:

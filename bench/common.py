@@ -1,4 +1,4 @@
-"""What both scenarios share: a measured phase, its figures and its validity."""
+"""What the scenarios share: a measured phase, its figures, validity and verdict."""
 
 from __future__ import annotations
 
@@ -185,6 +185,55 @@ def level_figures(phase: dict[str, Any]) -> dict[str, Any]:
     level["pooled"] = figures(phase)
     level["parts"] = parts
     return level
+
+
+# The capacity pass criterion (README "Definitions": Capacity).
+MAX_LATENESS_MS = 100.0
+MIN_DELIVERED = 0.99
+# A level this far off is failed even in an INVALID run: no measurement error of
+# the size that made it INVALID (tens of ms of lag) explains it.
+GROSS_LATENESS_MS = 1000.0
+GROSS_DELIVERED = 0.9
+
+
+def judge(level: dict[str, Any], connect_failures: int, streams: int) -> None:
+    """Set a level's ``passes`` and ``gross_failure`` from its medians."""
+    delivered = level["delivered_fraction"] or 0
+    lateness = level["lateness_p99_ms"]
+    level["gross_failure"] = (
+        connect_failures > streams * 0.01
+        or delivered < GROSS_DELIVERED
+        or (lateness or 0) > GROSS_LATENESS_MS
+    )
+    level["passes"] = (
+        connect_failures == 0
+        and delivered >= MIN_DELIVERED
+        and lateness is not None
+        and lateness <= MAX_LATENESS_MS
+    )
+
+
+def verdict(level: dict[str, Any]) -> str:
+    """A level's verdict: ``pass``, ``FAIL``, ``FAIL by far (in an INVALID run: …)``,
+    ``INVALID: …``, ``FAIL: <error>`` (it could not run) or ``skipped``."""
+    if "skipped" in level:
+        return "skipped"
+    if "error" in level:
+        return "FAIL: " + level["error"]
+    if level["invalid"]:
+        reasons = "; ".join(level["invalid"])
+        if level["gross_failure"]:
+            return f"FAIL by far (in an INVALID run: {reasons})"
+        return "INVALID: " + reasons
+    return "pass" if level["passes"] else "FAIL"
+
+
+def cpu_us_per(cores: float | None, per_second: float | None) -> float | None:
+    """CPU µs per thing (token, chunk): cores used over the window × 1e6 / things
+    per second in it."""
+    if cores is None or not per_second:
+        return None
+    return round(cores * 1e6 / per_second, 1)
 
 
 def strip_samples(phase: dict[str, Any], keep: int = 0) -> dict[str, Any]:

@@ -59,7 +59,7 @@ QUICK_LATENCY = LatencyConfig(
     tokens=20,
     duration=2.5,
     warmup=1.0,
-    repeats=2,
+    repeats=1,
     processes=2,
     quiet_wait=0.0,
 )
@@ -235,7 +235,7 @@ def print_figures(result: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--targets", default="relay-eventlet,relay-threading")
+    parser.add_argument("--targets", default=",".join(TARGETS))
     args = parser.parse_args()
     unwind_on_signals()
     config = QUICK_LATENCY if args.quick else LatencyConfig()

@@ -1,12 +1,16 @@
 """The load generator: lean asyncio clients in their own processes.
 
-Three kinds of client, one stream at a time each:
+Four kinds of client, one stream at a time each:
 
-- ``sio``: Socket.IO v5 over Engine.IO v4 on a raw WebSocket (the relay and the naive
-  Flask-SocketIO peer). A python-socketio client costs far more CPU per event.
+- ``sio``: Socket.IO v5 over Engine.IO v4 on a raw WebSocket (the relay and the
+  Socket.IO peers), offering permessage-deflate as browsers do. A python-socketio
+  client costs far more CPU per event.
 - ``sse``: an HTTP/1.1 POST whose response is a text/event-stream (the SSE peers).
 - ``openai``: the official ``openai`` package's ``AsyncOpenAI`` straight at the
   upstream: the baseline the relay's added latency is measured against.
+- ``openai-http``: the same request and stream read with raw HTTP/1.1, every event
+  that one socket read brought parsed at once: the no-relay baseline at stream
+  counts where ``AsyncOpenAI`` (~100 µs per chunk) would saturate the generators.
 
 Each process (``Generator``) runs its share of the clients and reports, for the
 streams started inside the measurement window, per-token arrival times turned into
@@ -117,19 +121,24 @@ class SioClient:
         self.ended: asyncio.Future | None = None
         self.reader: asyncio.Task | None = None
         self.counter = 0
+        self.deflate = False  # the server accepted permessage-deflate
 
     async def connect(self) -> None:
         from websockets.asyncio.client import connect
 
         self.ws = await connect(
             self.ws_url,
-            compression=None,
+            # Offered, as browsers and socket.io-client offer it; a server that
+            # accepts it pays for compressing every frame.
+            compression="deflate",
             ping_interval=None,  # Engine.IO pings at its own level
             proxy=None,
             open_timeout=30,
             max_queue=None,
             local_addr=self.local_addr,
         )
+        extensions = self.ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+        self.deflate = "permessage-deflate" in extensions
         opening = await self.ws.recv()
         if not opening.startswith("0{"):
             raise RuntimeError(f"not an Engine.IO open packet: {opening[:80]!r}")
@@ -362,6 +371,131 @@ class OpenAIClient:
             OpenAIClient._shared = None
 
 
+class OpenAIHttpClient:
+    """The ``openai`` client's request, read with raw HTTP/1.1 on a keep-alive
+    connection: each socket read's bytes are split into HTTP chunks and SSE events
+    at once, and each event's ``choices[0].delta.content`` is taken from its JSON.
+
+    Much cheaper per chunk than ``AsyncOpenAI`` (which builds a typed chunk object
+    for every event), so the generators can read a thousand streams straight from
+    the test server. It expects what that server sends: a chunked reply.
+    """
+
+    def __init__(self, url: str, slot: int = 0, api_key: str = "unused"):
+        self.local_addr = (source_address(slot), 0)
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port
+        self.path = parts.path.rstrip("/") + "/chat/completions"
+        self.models = parts.path.rstrip("/") + "/models"
+        self.api_key = api_key
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        # One request before the start, as AsyncOpenAI's pool is warmed.
+        await self._open()
+        assert self.writer is not None and self.reader is not None
+        self.writer.write(self._head("GET", self.models, 0))
+        length = await self._headers()
+        await self.reader.readexactly(length or 0)
+
+    async def _open(self) -> None:
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(
+                self.host, self.port, local_addr=self.local_addr
+            )
+
+    def _head(self, method: str, path: str, length: int) -> bytes:
+        return (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {self.api_key}\r\n"
+            "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+            f"Content-Length: {length}\r\n\r\n"
+        ).encode()
+
+    async def _headers(self) -> int | None:
+        """Read a response's status and headers; its Content-Length, if any."""
+        assert self.reader is not None
+        status = await self.reader.readline()
+        if b" 200 " not in status:
+            raise ValueError(f"HTTP status {status!r}")
+        length = None
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                return length
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+
+    async def stream(self, job: Job, record: StreamRecord) -> None:
+        try:
+            await asyncio.wait_for(self._stream(job, record), job.stream_timeout)
+        except TimeoutError:
+            record.finish = record.finish or "timeout"
+            await self.close()
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            record.finish = record.finish or f"closed:{type(exc).__name__}"
+            await self.close()
+        if record.end is None:
+            record.end = time.monotonic()
+
+    async def _stream(self, job: Job, record: StreamRecord) -> None:
+        await self._open()
+        assert self.writer is not None and self.reader is not None
+        body = json.dumps(
+            {
+                "model": job.model,
+                "messages": [{"role": "user", "content": job.prompt}],
+                "stream": True,
+                "max_tokens": job.max_tokens,
+            }
+        ).encode()
+        record.start = time.monotonic()
+        self.writer.write(self._head("POST", self.path, len(body)) + body)
+        await self._headers()
+        loads, monotonic = json.loads, time.monotonic
+        raw = b""  # chunked body bytes not yet decoded
+        events = b""  # decoded body bytes not yet split into SSE events
+        body_done = False
+        while not body_done:  # to the last chunk, so the connection can be reused
+            data = await self.reader.read(65536)
+            if not data:
+                raise ValueError("connection closed mid-stream")
+            now = monotonic()
+            raw += data
+            while not body_done:  # HTTP chunks: size line, data, CRLF
+                line_end = raw.find(b"\r\n")
+                if line_end < 0:
+                    break
+                size = int(raw[:line_end].split(b";")[0], 16)
+                if len(raw) < line_end + 2 + size + 2:
+                    break
+                events += raw[line_end + 2 : line_end + 2 + size]
+                raw = raw[line_end + 2 + size + 2 :]
+                body_done = size == 0  # (the test server sends no trailers)
+            while (end := events.find(b"\n\n")) >= 0:
+                event, events = events[:end], events[end + 2 :]
+                if not event.startswith(b"data:") or record.finish is not None:
+                    continue  # a comment (keep-alive) or another field
+                payload = event[5:].strip()
+                if payload == b"[DONE]":
+                    record.finish, record.end = "done", now
+                    continue
+                choices = loads(payload).get("choices")
+                if choices:
+                    content = (choices[0].get("delta") or {}).get("content")
+                    if content:
+                        record.text_event(now, content)
+        if record.finish is None:
+            record.finish, record.end = "closed", monotonic()
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.transport.abort()
+            self.writer = None
+
+
 CLIENTS = {"sio": SioClient, "sse": SseClient, "openai": OpenAIClient}
 
 
@@ -384,10 +518,12 @@ class _LagProbe:
 
 async def _phase(job: Job, conn: Any) -> dict[str, Any]:
     rng = random.Random(job.seed)
+    slots = range(job.first_slot, job.first_slot + job.slots)
     if job.kind == "openai":
-        clients = [OpenAIClient(job.url, job.api_key) for _ in range(job.slots)]
+        clients = [OpenAIClient(job.url, job.api_key) for _ in slots]
+    elif job.kind == "openai-http":
+        clients = [OpenAIHttpClient(job.url, slot, job.api_key) for slot in slots]
     else:
-        slots = range(job.first_slot, job.first_slot + job.slots)
         clients = [CLIENTS[job.kind](job.url, slot) for slot in slots]
     failures: list[str] = []
 
@@ -486,6 +622,7 @@ async def _phase(job: Job, conn: Any) -> dict[str, Any]:
     )
     result.update(
         slots=len(clients),
+        deflate_connections=sum(getattr(c, "deflate", False) for c in clients),
         connect_failures=len(failures),
         connect_errors=failures[:5],
         window_s=round(wall, 3),
@@ -653,7 +790,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     merged = _pool([part for r in results for part in r["parts"]])
     count = len(results[0]["parts"])
     merged["parts"] = [_pool([r["parts"][i] for r in results]) for i in range(count)]
-    for key in ("slots", "connect_failures", "window_tokens"):
+    for key in ("slots", "deflate_connections", "connect_failures", "window_tokens"):
         merged[key] = sum(r[key] for r in results)
     merged["measured_warmup_streams"] = any(
         r["measured_warmup_streams"] for r in results

@@ -1,11 +1,13 @@
 """Where the relay's time goes under load: py-spy on its gunicorn worker.
 
-Runs the capacity load (N streams at 50 tokens/s from the demo model, kept in
-flight) against one relay and, after the warm-up, records the worker with py-spy
-twice: a raw profile, summarised here as the functions with the most samples (own
-time and inclusive time), then a flame graph (profile.svg).
+Runs the capacity load (N streams at 50 tokens/s, kept in flight) against one relay,
+from ``tests/openai_server.py`` over HTTP (``--source upstream``, the default) or from
+the relay's demo model (``--source demo``), and, after the warm-up, records the
+worker with py-spy twice: a raw profile, summarised here as the functions with the
+most samples (own time and inclusive time), then a flame graph (profile.svg).
 
     python -m bench.profile [--streams 1000] [--target relay-eventlet] [--seconds 12]
+        [--source upstream|demo]
 
 Needs py-spy (``pip install py-spy``) and permission to ptrace the worker (root).
 """
@@ -23,10 +25,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from .capacity import CapacityConfig, sustained_job
-from .common import DEMO_PROMPT
+from .common import DEMO_PROMPT, upstream_prompt
 from .loadgen import Generators, merge
 from .procstat import CpuMeter
-from .servers import ROOT, start_target, unwind_on_signals
+from .servers import ROOT, Upstream, start_target, unwind_on_signals
 
 RESULTS = ROOT / "bench" / "results"
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
@@ -82,14 +84,24 @@ def main() -> None:
     parser.add_argument("--target", default="relay-eventlet")
     parser.add_argument("--seconds", type=float, default=12)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--source", choices=("upstream", "demo"), default="upstream")
     args = parser.parse_args()
     unwind_on_signals()
     config = CapacityConfig()
     warmup = config.warmup
+    upstream = None
+    if args.source == "upstream":
+        upstream = Upstream(config.ttft, config.rate, config.tokens)
+        prompt = upstream_prompt(config.ttft, config.rate, config.tokens)
+    else:
+        prompt = DEMO_PROMPT
     server = start_target(
-        args.target, upstream=None, demo=(config.ttft, config.rate), connections=0
+        args.target,
+        upstream=upstream,
+        demo=None if upstream else (config.ttft, config.rate),
+        connections=args.streams,
     )
-    job = sustained_job(config, "sio", server.url, args.streams, "demo", DEMO_PROMPT)
+    job = sustained_job(config, "sio", server.url, args.streams, args.source, prompt)
     job = replace(job, duration=warmup + 2 * args.seconds + 6)
     generators = Generators(job, args.processes)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -118,10 +130,13 @@ def main() -> None:
     finally:
         generators.close()
         server.stop()
+        if upstream is not None:
+            upstream.stop()
     summary = summarise_raw(raw_path.read_text())
     summary |= {
         "target": args.target,
         "streams": args.streams,
+        "source": args.source,
         "server_cpu_cores": cpu["server"],
         "machine_cpu_cores": cpu["machine"],
         "delivered_fraction": round(

@@ -1,11 +1,13 @@
 """The whole benchmark in one command: added latency, capacity, idle memory.
 
-    python -m bench                 # everything (about 20 min on 2 cores)
-    python -m bench --quick         # about a minute: proves the harness works
-    python -m bench --targets relay-eventlet,fastapi-sse --coalesce-ms 0,80
+    python -m bench                 # everything (see bench/README.md for the time)
+    python -m bench --quick         # 75-100 s: proves the harness works
+    python -m bench --targets relay-eventlet,sio-asgi --coalesce-ms 0,80
 
 Writes bench/results/bench-<time>.json (and latest.json), a chart (bench.png) and
 the README's tables (table.md), and prints one ``name: figure`` line per figure.
+Capacity runs, per target, through the test server (the headline) and on a source
+paced inside the server ("demo model"), and once per run with no relay at all.
 A relay target runs with the relay's defaults (coalescing on, 40 ms); each N of
 ``--coalesce-ms`` runs it again as its own series ``<target>+coalesce<N>ms`` with
 ``COALESCE_WINDOW_MS=N`` in its environment (0: off).
@@ -24,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from . import capacity, cluster, latency
+from .common import verdict
 from .servers import ROOT, TARGETS, Upstream, target_name, unwind_on_signals
 
 RESULTS = ROOT / "bench" / "results"
 QUICK_LATENCY_TARGETS = ["relay-eventlet"]
-QUICK_CAPACITY_TARGETS = ["relay-eventlet", "fastapi-sse"]
+# The relay, the Python Socket.IO reference and an SSE peer: every client kind.
+QUICK_CAPACITY_TARGETS = ["relay-eventlet", "sio-asgi", "fastapi-sse"]
 
 
 def machine() -> dict[str, Any]:
@@ -49,7 +53,8 @@ def machine() -> dict[str, Any]:
         "packages": _versions(
             "flask-socketio", "python-socketio", "python-engineio", "eventlet"
         )
-        | _versions("gunicorn", "openai", "uvicorn", "fastapi", "websockets"),
+        | _versions("gevent", "gunicorn", "openai", "uvicorn", "fastapi")
+        | _versions("websockets", "httptools"),
         "git": _git_head(),
     }
 
@@ -105,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-capacity", action="store_true")
+    parser.add_argument(
+        "--series",
+        help="capacity series per target, of upstream,demo (default: both)",
+    )
+    parser.add_argument(
+        "--skip-direct", action="store_true", help="no no-relay capacity series"
+    )
     parser.add_argument("--levels", help="capacity levels, e.g. 100,250,500")
     parser.add_argument("--processes", type=int, help="load-generator processes")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
@@ -114,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     cap_config = capacity.QUICK_CAPACITY if args.quick else capacity.CapacityConfig()
     if args.levels:
         cap_config.levels = tuple(int(n) for n in args.levels.split(","))
+    if args.series:
+        cap_config.series = tuple(args.series.split(","))
+        for name in cap_config.series:
+            if name not in capacity.SERIES:
+                parser.error(f"unknown series {name!r}")
     if args.processes:
         lat_config.processes = cap_config.processes = args.processes
     coalesce = [int(v) for v in args.coalesce_ms.split(",") if v]
@@ -140,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "latency": {},
         "capacity": {},
+        "direct": None,
     }
 
     def log(line: str) -> None:
@@ -151,26 +169,31 @@ def main(argv: list[str] | None = None) -> int:
     def keep() -> None:  # what is done so far survives a crash or an interrupt
         partial.write_text(json.dumps(results, indent=1))
 
-    upstream = Upstream(lat_config.ttft, lat_config.tps, lat_config.tokens)
-    try:
-        if not args.skip_latency:
+    if not args.skip_latency:
+        upstream = Upstream(lat_config.ttft, lat_config.tps, lat_config.tokens)
+        try:
             for target in series(lat_targets, coalesce):
                 log(f"latency: {target}")
                 results["latency"][target] = latency.measure_target(
                     target, upstream, lat_config, log
                 )
                 keep()
-        if not args.skip_capacity:
-            for target in series(cap_targets, coalesce):
-                log(f"capacity: {target}")
-                results["capacity"][target] = capacity.measure_target(
-                    target, upstream, cap_config, log
-                )
-                keep()
-        if not (args.quick or args.skip_capacity or args.targets):
-            results["cluster"] = cluster.run(cluster.ClusterConfig(), log)
-    finally:
-        upstream.stop()
+        finally:
+            upstream.stop()
+    if not args.skip_capacity:
+        # (capacity starts a fresh test server for every level)
+        if not args.skip_direct:
+            log("capacity: no relay")
+            results["direct"] = capacity.measure_direct(cap_config, log)
+            keep()
+        for target in series(cap_targets, coalesce):
+            log(f"capacity: {target}")
+            results["capacity"][target] = capacity.measure_target(
+                target, cap_config, log
+            )
+            keep()
+    if not (args.quick or args.skip_capacity or args.targets):
+        results["cluster"] = cluster.run(cluster.ClusterConfig(), log)
     results["meta"]["duration_s"] = round(time.time() - started, 1)
     results["invalid"] = invalid_runs(results)
 
@@ -197,22 +220,24 @@ def invalid_runs(results: dict[str, Any]) -> list[str]:
                 if run["invalid"]:
                     reasons = "; ".join(run["invalid"])
                     found.append(f"latency {target} {mode} #{index}: {reasons}")
-    for target, result in results["capacity"].items():
+    named = list(results["capacity"].items())
+    if results.get("direct"):
+        named.insert(0, ("no relay", results["direct"]))
+    for name, result in named:
         for level in capacity.all_levels(result):
-            if level.get("error"):
-                found.append(f"capacity {target} {level['streams']}: {level['error']}")
-            elif level.get("invalid"):
-                via = {None: "", "upstream": " via upstream", "direct": " direct"}[
-                    level.get("via")
-                ]
-                reasons = "; ".join(level["invalid"])
-                found.append(f"capacity {target}{via} {level['streams']}: {reasons}")
+            if level.get("error") or level.get("invalid"):
+                where = f"{level['series']} {level['streams']}"
+                if "client" in level:
+                    where = f"({level['client']}) {level['streams']}"
+                found.append(f"capacity {name} {where}: {verdict(level)}")
     return found
 
 
 def print_figures(results: dict[str, Any]) -> None:
     for result in results["latency"].values():
         latency.print_figures(result)
+    if results.get("direct"):
+        capacity.print_direct(results["direct"])
     for result in results["capacity"].values():
         capacity.print_figures(result)
     print(f"invalid_runs: {len(results['invalid'])}")

@@ -97,26 +97,49 @@ class Server:
         return self.log_path.read_text()[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        # A gunicorn worker outlives a killed master for a while; it must not
-        # share the machine with the next measurement.
-        if self.worker != self.proc.pid:
-            _end(self.worker)
+        if self.worker == self.proc.pid:
+            stop(self.proc)
+        else:
+            # The measurement is over: gunicorn's quick shutdown (SIGQUIT) instead
+            # of a graceful drain, which takes an idle eventlet worker ~3 s.
+            stop(self.proc, worker=self.worker, sig=signal.SIGQUIT)
         self._log.close()
 
 
-def _end(pid: int) -> None:
+def stop(
+    proc: subprocess.Popen,
+    timeout: float = 15.0,
+    *,
+    worker: int | None = None,
+    sig: int = signal.SIGTERM,
+) -> None:
+    """End a server process: ``sig``, up to ``timeout`` s to exit, then SIGKILL.
+
+    ``worker``: a process it forked (gunicorn's worker), ended too if it is still
+    there: a worker outlives a killed master for a while, and must not share the
+    machine with the next measurement.
+    """
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if worker is not None:
+        _end_fork(worker, proc.args)
+
+
+def _end_fork(pid: int, args: list[str]) -> None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"gunicorn" not in f.read():
-                return  # gone, and its number taken by another process
+            cmdline = f.read()
     except OSError:
+        return  # gone
+    # A fork keeps its parent's command line (gunicorn renames it only when
+    # setproctitle is installed); any other means the number was taken again.
+    forked = cmdline.split(b"\0")[:-1] == [os.fsencode(str(a)) for a in args]
+    if not (forked or b"gunicorn" in cmdline):
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -154,10 +177,12 @@ class Upstream(Server):
 # given by DEMO_TTFT / DEMO_TOKENS_PER_SECOND; without it they call the upstream.
 TARGETS = {
     "relay-eventlet": {"kind": "sio", "server": "relay", "async_mode": "eventlet"},
+    "relay-gevent": {"kind": "sio", "server": "relay", "async_mode": "gevent"},
     "relay-threading": {"kind": "sio", "server": "relay", "async_mode": "threading"},
     "fastapi-sse": {"kind": "sse", "server": "uvicorn", "app": "fastapi_sse"},
     "flask-stream": {"kind": "sse", "server": "gthread", "app": "flask_stream"},
     "naive-sio": {"kind": "sio", "server": "eventlet", "app": "naive_socketio"},
+    "sio-asgi": {"kind": "sio", "server": "uvicorn", "app": "python_socketio_asgi"},
 }
 
 
@@ -188,6 +213,9 @@ def start_target(
     spec = TARGETS[base]
     port = free_port()
     threads = str(max(200, connections + 64))
+    # Open connections a worker accepts: gunicorn's default (1000) would refuse
+    # the rest. deploy/gunicorn.conf.py reads it for the relay in every mode.
+    worker_connections = str(max(10000, connections + 100))
     env = {"HOST": "127.0.0.1", "PORT": str(port), "THREADS": threads}
     if demo is not None:
         env |= {
@@ -209,7 +237,7 @@ def start_target(
         env |= {
             "ASYNC_MODE": spec["async_mode"],
             "SYSTEM_PROMPT": "",
-            "WORKER_CONNECTIONS": str(max(10000, connections + 100)),
+            "WORKER_CONNECTIONS": worker_connections,
             # Each client has its own address (loadgen.source_address), so the
             # per-user limits apply per client; this only keeps a fast quick-mode
             # client under the per-minute cap.
@@ -217,10 +245,6 @@ def start_target(
         }
         if coalesce_ms is not None:
             env["COALESCE_WINDOW_MS"] = str(coalesce_ms)
-        if spec["async_mode"] == "threading":
-            # deploy/gunicorn.conf.py sizes only eventlet's worker_connections;
-            # gthread's default (1000) would refuse connections past it.
-            env["GUNICORN_CMD_ARGS"] = f"--worker-connections {connections + 100}"
         args = gunicorn + ["-c", "deploy/gunicorn.conf.py", "wsgi:app"]
         health = "/healthz"
     elif spec["server"] == "uvicorn":
@@ -228,11 +252,16 @@ def start_target(
         args += ["--host", "127.0.0.1", "--port", str(port)]
         args += ["--log-level", "warning", "--no-access-log"]
         args += ["--backlog", "4096"]
+        # A plain ``pip install uvicorn websockets``, whatever else the venv holds
+        # (auto would pick uvloop and httptools when installed); WebSocket
+        # options at uvicorn's defaults, permessage-deflate included.
+        args += ["--loop", "asyncio", "--http", "h11", "--ws", "websockets-sansio"]
         health = "/healthz"
     else:
         worker = ["-k", "gthread", "--threads", threads]
         if spec["server"] == "eventlet":
-            worker = ["-k", "eventlet", "--worker-connections", "10000"]
+            worker = ["-k", "eventlet"]
+        worker += ["--worker-connections", worker_connections]
         args = gunicorn + ["-w", "1", *worker, "-b", f"127.0.0.1:{port}"]
         args += ["--timeout", "60", "--backlog", "4096"]
         args += [f"bench.peers.{spec['app']}:app"]
