@@ -2,14 +2,14 @@ import gc
 import os
 
 # Patch the standard library before anything imports socket or threading.
-if os.environ.get("ASYNC_MODE", "eventlet") == "eventlet":
-    import eventlet
-
-    eventlet.monkey_patch()
-elif os.environ.get("ASYNC_MODE") == "gevent":
+if os.environ.get("ASYNC_MODE", "gevent") == "gevent":
     from gevent import monkey
 
     monkey.patch_all()
+elif os.environ.get("ASYNC_MODE") == "eventlet":
+    import eventlet
+
+    eventlet.monkey_patch()
 
 from app import create_app, socketio  # noqa: E402
 

@@ -33,6 +33,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     logging.getLogger("httpx2").setLevel(logging.WARNING)
 
     from . import events, tokens  # noqa: F401  (registers the Socket.IO handlers)
+    from .delivery import install_websocket_writer
     from .providers import make_provider
     from .relay import Relay
     from .web import bp
@@ -69,6 +70,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         **options,
     )
     app.wsgi_app = _without_websocket_compression(app.wsgi_app)
+    install_websocket_writer(
+        socketio, app.config["MAX_QUEUED_BYTES"], app.extensions["relay"].slow_client
+    )
     if cluster is not None:
         cluster.start()
     tokens.warm_up()

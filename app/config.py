@@ -31,7 +31,7 @@ class Config:
     # Server
     # No SECRET_KEY: nothing here uses Flask's cookie session, and without a key
     # Flask skips opening one for each Socket.IO event.
-    ASYNC_MODE = os.environ.get("ASYNC_MODE", "eventlet")
+    ASYNC_MODE = os.environ.get("ASYNC_MODE", "gevent")
     WEB_DIST_DIR = os.environ.get(
         "WEB_DIST_DIR",
         os.path.join(
@@ -92,3 +92,5 @@ class Config:
     # MAX_PROMPT_CHARS even at six bytes per character (JSON \u escapes) so that a long
     # prompt gets an error event instead.
     MAX_MESSAGE_BYTES = _int("MAX_MESSAGE_BYTES", 65536)
+    # What may wait for a client that does not read; past it the connection closes.
+    MAX_QUEUED_BYTES = _int("MAX_QUEUED_BYTES", 1048576)

@@ -54,6 +54,11 @@ class Metrics:
             "streams are paced)",
             registry=self.registry,
         )
+        self.slow_clients = Counter(
+            "chat_slow_clients_closed",
+            "Connections closed because the client stopped reading",
+            registry=self.registry,
+        )
         self.resumes = Counter(
             "chat_resumes", "Successful resumes", registry=self.registry
         )

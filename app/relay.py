@@ -266,6 +266,12 @@ class Relay:
     def live_count(self) -> int:
         return len(self.store.live_streams())
 
+    def slow_client(self, eio_sid: str) -> None:
+        """A client stopped reading with MAX_QUEUED_BYTES waiting for it: its
+        connection was closed; its answers stay resumable."""
+        self.metrics.slow_clients.inc()
+        log.warning("connection %s closed: the client stopped reading", eio_sid)
+
     def connection(self, sid: str) -> Connection:
         """Where events for ``sid`` go: straight to it when it is connected here,
         else through the message queue to the node it is connected to."""

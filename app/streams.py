@@ -168,8 +168,9 @@ class MemoryStreamStore:
             self._by_token.pop(stream.token, None)
 
     def live_streams(self) -> list[Stream]:
+        """Streams still generating, whether or not their client is connected."""
         with self._lock:
-            return [s for live in self._live.values() for s in live.values()]
+            return [s for s in self._by_token.values() if not s.ended]
 
     def __len__(self) -> int:
         return len(self._by_token)

@@ -1,6 +1,6 @@
 """Cluster: the relay as several nodes sharing Redis (the README's "Several nodes").
 
-Each node is ``gunicorn -c deploy/gunicorn.conf.py wsgi:app`` (one eventlet worker)
+Each node is ``gunicorn -c deploy/gunicorn.conf.py wsgi:app`` (one gevent worker)
 with ``SOCKETIO_MESSAGE_QUEUE`` pointing at a redis-server started here on a free
 loopback port, its own ``NODE_ID``, the demo model at 50 tokens/s (200 ms TTFT) and
 the per-user limits lifted. Two measurements:
@@ -137,7 +137,7 @@ def start_node(name: str, redis: RedisServer, ttft: float, rate: float) -> Serve
     env = {
         "HOST": "127.0.0.1",
         "PORT": str(port),
-        "ASYNC_MODE": "eventlet",
+        "ASYNC_MODE": "gevent",
         "WORKER_CONNECTIONS": "10000",
         "SOCKETIO_MESSAGE_QUEUE": redis.url,
         "NODE_ID": name,

@@ -1,7 +1,7 @@
 """gunicorn settings: one worker, because Socket.IO sessions live in its memory.
 
 Scale out with more single-worker processes behind a sticky load balancer instead.
-ASYNC_MODE=eventlet (default) uses the eventlet worker, ASYNC_MODE=gevent the gevent
+ASYNC_MODE=gevent (default) uses the gevent worker, ASYNC_MODE=eventlet the eventlet
 worker, and ASYNC_MODE=threading gthread with one thread per connection.
 """
 
@@ -12,7 +12,7 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
 workers = 1
 # Open connections one worker accepts (gunicorn's default of 1000 refuses the rest).
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
-mode = os.environ.get("ASYNC_MODE", "eventlet")
+mode = os.environ.get("ASYNC_MODE", "gevent")
 if mode in ("eventlet", "gevent"):
     worker_class = mode
 else:

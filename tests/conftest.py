@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import socketio
 
+from bench.servers import stop
+
 ROOT = Path(__file__).resolve().parent.parent
 # What the relay sends upstream; it must never reach a client or a log line.
 UPSTREAM_KEY = "sk-test-7Hq2mZp9VwL4xK8sN3bR5tY1uC6dE0fA"
@@ -115,14 +117,8 @@ class ServerProcess:
                 time.sleep(0.1)
         raise RuntimeError(f"server did not answer {url}:\n{self.log_text()}")
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        stop(self.proc, 10, sig=sig)
         self._log.close()
 
 
@@ -154,13 +150,11 @@ class Relay:
     def quit(self) -> None:
         """Stop at once (SIGQUIT, gunicorn's quick shutdown), for a relay whose
         graceful drain is not under test."""
-        if self.process.proc.poll() is None:
-            self.process.proc.send_signal(signal.SIGQUIT)
-        self.process.stop()
+        self.process.stop(signal.SIGQUIT)
 
     def wait_idle(self, timeout: float = 15) -> None:
-        """Wait until no stream is live (ended ones may still be kept). A generation
-        running on for a client that dropped does not count as live."""
+        """Wait until no stream is live (ended ones may still be kept), a generation
+        running on for a client that dropped included."""
         wait_until(lambda: self.health()["live_streams"] == 0, timeout, "no streams")
 
     def wait_log(self, text: str, timeout: float = 15) -> None:

@@ -1,7 +1,7 @@
 """Resume: a client whose transport drops mid-stream loses nothing and gets nothing
 twice, and nobody without the request's token can take its stream."""
 
-from .conftest import Recorder
+from .conftest import Recorder, wait_until
 
 
 def answer_text(client: Recorder, request_id: str, prompt: str) -> str:
@@ -119,3 +119,14 @@ def test_resume_is_refused_once_the_window_has_passed(relay, connect, upstream):
     assert record["chunks_sent"] < 2000
     ack = connect().call("resume", {"id": "r", "token": token, "after": 1})
     assert ack["error"]["code"] == "resume_denied"
+
+
+def test_a_generation_whose_client_dropped_still_counts_as_live(relay, connect):
+    # It runs on, for its client to resume, until the grace window ends: /healthz,
+    # the active-streams gauge and the SIGTERM drain must all see it.
+    wait_until(lambda: relay.health()["live_streams"] == 0, timeout=30)
+    prompt = f"count me live {relay.async_mode} [[tokens:200]] [[tps:50]]"
+    start_and_cut(connect(transports=["websocket"]), "away", prompt, after_chunks=2)
+    assert relay.health()["live_streams"] == 1
+    relay.wait_log("request away abandoned", timeout=30)
+    assert relay.health()["live_streams"] == 0
