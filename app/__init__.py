@@ -33,7 +33,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     logging.getLogger("httpx2").setLevel(logging.WARNING)
 
     from . import events, tokens  # noqa: F401  (registers the Socket.IO handlers)
+    from .admission import Admission
     from .delivery import install_websocket_writer
+    from .openai_api import bp as openai_api
     from .providers import make_provider
     from .relay import Relay
     from .web import bp
@@ -54,6 +56,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     provider = make_provider(app.config)
     app.extensions["relay"] = Relay(socketio, provider, app.config, cluster)
     app.register_blueprint(bp)
+    app.register_blueprint(openai_api)
     options: dict[str, Any] = {}
     if queue:
         # python-socketio's Redis manager speaks JSON, never pickle.
@@ -69,7 +72,11 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         manage_session=False,
         **options,
     )
-    app.wsgi_app = _without_websocket_compression(app.wsgi_app)
+    # Admission first: a refused handshake costs nothing else (app/admission.py).
+    admission = Admission(app.config, app.extensions["relay"].metrics)
+    admission.watch(socketio.server.eio)
+    app.extensions["admission"] = admission
+    app.wsgi_app = admission.middleware(_without_websocket_compression(app.wsgi_app))
     install_websocket_writer(
         socketio, app.config["MAX_QUEUED_BYTES"], app.extensions["relay"].slow_client
     )

@@ -54,6 +54,8 @@ class Mirror:
     sid: str
     identity: str
     terminal: Event | None
+    model: str = ""
+    created: int = 0
 
     @classmethod
     def parse(cls, meta: dict[str, str]) -> "Mirror":
@@ -64,6 +66,8 @@ class Mirror:
             sid=meta.get("sid", ""),
             identity=meta["identity"],
             terminal=(terminal[0], terminal[1]) if terminal else None,
+            model=meta.get("model", ""),
+            created=int(meta.get("created") or 0),
         )
 
 
@@ -121,6 +125,8 @@ class ClusterStreamStore(MemoryStreamStore):
             "sid": stream.sid or "",
             "identity": stream.identity,
             "terminal": json.dumps(stream.terminal) if stream.terminal else "",
+            "model": stream.request.model,
+            "created": str(stream.created),
         }
 
     def attach(self, stream: Stream, sid: str) -> None:

@@ -1,4 +1,5 @@
-"""Configuration, read once from environment variables.
+"""Configuration, read once from environment variables; one set but empty means its
+default.
 
 Every key equals its environment variable; ``OPENAI_*`` keep the openai package's names.
 ``.env.example`` documents each one.
@@ -31,17 +32,14 @@ class Config:
     # Server
     # No SECRET_KEY: nothing here uses Flask's cookie session, and without a key
     # Flask skips opening one for each Socket.IO event.
-    ASYNC_MODE = os.environ.get("ASYNC_MODE", "gevent")
-    WEB_DIST_DIR = os.environ.get(
-        "WEB_DIST_DIR",
-        os.path.join(
-            os.path.dirname(os.path.dirname(__file__)), "client", "web", "dist"
-        ),
+    ASYNC_MODE = os.environ.get("ASYNC_MODE") or "gevent"
+    WEB_DIST_DIR = os.environ.get("WEB_DIST_DIR") or os.path.join(
+        os.path.dirname(os.path.dirname(__file__)), "client", "web", "dist"
     )
     SHUTDOWN_GRACE_SECONDS = _float("SHUTDOWN_GRACE_SECONDS", 20)
 
     # Model provider
-    LLM_PROVIDER = os.environ.get("LLM_PROVIDER", "auto")
+    LLM_PROVIDER = os.environ.get("LLM_PROVIDER") or "auto"
     LLM_MODEL = os.environ.get("LLM_MODEL", "")
     LLM_MODELS = _list("LLM_MODELS")
     SYSTEM_PROMPT = os.environ.get("SYSTEM_PROMPT", "")
@@ -94,3 +92,10 @@ class Config:
     MAX_MESSAGE_BYTES = _int("MAX_MESSAGE_BYTES", 65536)
     # What may wait for a client that does not read; past it the connection closes.
     MAX_QUEUED_BYTES = _int("MAX_QUEUED_BYTES", 1048576)
+    # Open connections this process takes (app/admission.py); 0 means 90 % of what
+    # the server holds: gunicorn's worker_connections, or its threads for gthread.
+    MAX_CONNECTIONS = _int("MAX_CONNECTIONS", 0)
+    # Above the per-identity cap, so that several users behind one NAT fit.
+    MAX_CONNECTIONS_PER_ADDRESS = _int("MAX_CONNECTIONS_PER_ADDRESS", 100)
+    MAX_CONNECTIONS_PER_IDENTITY = _int("MAX_CONNECTIONS_PER_IDENTITY", 50)
+    HANDSHAKES_PER_MINUTE = _int("HANDSHAKES_PER_MINUTE", 120)

@@ -39,6 +39,17 @@ log = logging.getLogger(__name__)
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
+# Session ids of HTTP clients (``http_stream.py``) start with this; Socket.IO's
+# never hold a colon. The node that holds the connection follows it.
+HTTP_SID_PREFIX = "http:"
+TRANSPORTS = ("socketio", "http")
+
+
+def transport_of(sid: str) -> str:
+    """The transport a connection id belongs to: ``socketio`` or ``http``."""
+    return "http" if sid.startswith(HTTP_SID_PREFIX) else "socketio"
+
+
 class Connection(Protocol):
     """Where a stream's events go: one client connection, of some transport."""
 
@@ -47,6 +58,10 @@ class Connection(Protocol):
 
     def send(self, event: str, payload: dict[str, Any]) -> None:
         """Send any other event (``done``, ``error``)."""
+
+    def moved(self, request_id: str) -> None:
+        """A resume took ``request_id`` to another connection: nothing more of it
+        comes here."""
 
 
 def chunk_payload(request_id: str, seq: int, kind: Kind, delta: str) -> dict:
@@ -89,10 +104,17 @@ class LocalConnection:
     def send(self, event: str, payload: dict[str, Any]) -> None:
         self._packet("2" + _encode([event, payload]))
 
+    def moved(self, request_id: str) -> None:
+        pass  # the connection goes on with its other requests
+
     def _packet(self, text: str) -> None:
         out = _WEBSOCKETS.get(self._eio_sid)
         if out is not None and out.takes_events():
-            out.send_text("4" + text)  # Engine.IO's MESSAGE packet
+            # A socket that fails under the write is a dropped client: the disconnect
+            # follows, and the text waits in the stream for a resume. The generation
+            # goes on.
+            with contextlib.suppress(OSError):
+                out.send_text("4" + text)  # Engine.IO's MESSAGE packet
         else:
             self._send(self._eio_sid, EioPacket(MESSAGE, text))
 
@@ -112,6 +134,9 @@ class RemoteConnection:
     def send(self, event: str, payload: dict[str, Any]) -> None:
         self._socketio.emit(event, payload, to=self._sid)
 
+    def moved(self, request_id: str) -> None:
+        pass
+
 
 class _Gone:
     """A connection that closed: what is sent to it goes nowhere (a resume can still
@@ -121,6 +146,9 @@ class _Gone:
         pass
 
     def send(self, event: str, payload: dict[str, Any]) -> None:
+        pass
+
+    def moved(self, request_id: str) -> None:
         pass
 
 

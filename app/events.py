@@ -1,14 +1,15 @@
 """Socket.IO event handlers. Each reply goes to the requesting connection only."""
 
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError, emit
 
 from . import socketio
+from .admission import Admission
 from .auth import Unauthorized, identify
-from .protocol import ProtocolError, parse_chat, parse_resume, parse_stop
+from .protocol import RETRYABLE, ProtocolError, parse_chat, parse_resume, parse_stop
 from .relay import Relay
 
 log = logging.getLogger(__name__)
@@ -16,6 +17,10 @@ log = logging.getLogger(__name__)
 
 def _relay() -> Relay:
     return current_app.extensions["relay"]
+
+
+def _admission() -> Admission:
+    return current_app.extensions["admission"]
 
 
 def _reject(exc: ProtocolError) -> dict[str, Any]:
@@ -42,9 +47,23 @@ def connect(auth: Any = None) -> None:
     try:
         identity = identify(auth, request.environ, current_app.config)
     except Unauthorized as exc:
-        log.info("connection refused: %s", exc)
-        raise ConnectionRefusedError(str(exc), {"code": "unauthorized"}) from None
+        _refuse("unauthorized", str(exc))
+    if not _admission().identities.take(request.sid, identity):
+        who = "this address" if identity.startswith("addr:") else "this user"
+        limit = _admission().identities.limit
+        _refuse(
+            "too_many_connections",
+            f"{who} already holds {limit} connections; close one first",
+        )
     _relay().connect(request.sid, identity)
+
+
+def _refuse(code: str, message: str) -> NoReturn:
+    log.info("connection refused: %s: %s", code, message)
+    _admission().count_refusal(code)
+    raise ConnectionRefusedError(
+        message, {"code": code, "retryable": RETRYABLE[code]}
+    ) from None
 
 
 @socketio.on("chat")
@@ -103,6 +122,7 @@ def disconnect(*_: Any) -> None:
         # handler too, but the connection is still open (a real disconnection is
         # marked as pending before the handler runs).
         return
+    _admission().identities.release(request.sid)
     _relay().disconnect(request.sid)
 
 

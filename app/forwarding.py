@@ -6,6 +6,10 @@ the missing chunks and streams on through the Socket.IO message queue, or stops 
 stream. When the owner is dead, the mirror in Redis answers instead, and the request
 ends with a retryable ``interrupted`` error, as it does for a client watching a
 stream whose owner dies.
+
+The owner reaches a Socket.IO client of another node through the Socket.IO message
+queue; an HTTP client, which that queue does not know, through the control channel
+of the node holding its connection, which the client's session id names.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from .auth import may_resume
 from .cluster import Cluster, Mirror
+from .delivery import GONE, Connection, RemoteConnection, transport_of
 from .protocol import ProtocolError, interrupted, resume_denied
+from .providers.base import Kind
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -30,7 +36,17 @@ class Forwarding:
         self.store = cluster.store
         cluster.handlers["resume"] = self._resume_for_peer
         cluster.handlers["stop"] = self._stop_for_peer
+        cluster.handlers["deliver"] = self._deliver_for_peer
         cluster.on_owner_lost = self._owner_lost
+
+    def connection(self, sid: str) -> Connection:
+        """Where events go for a client connected to another node."""
+        if transport_of(sid) == "socketio":
+            return RemoteConnection(self.relay.socketio, sid)
+        node = http_node(sid)
+        if node is None or node == self.cluster.node:
+            return GONE  # an HTTP client of this node whose response has ended
+        return PeerHttpConnection(self.cluster, node, sid)
 
     def resume(
         self, sid: str, request_id: str, token: str, after: int, identity: str
@@ -96,6 +112,48 @@ class Forwarding:
         if stream is not None:
             self.relay.finish(stream, "cancelled")
 
+    def _deliver_for_peer(self, message: dict[str, Any]) -> None:
+        connection = self.relay.connections.get(message["sid"])
+        if connection is None:
+            return  # the client left meanwhile
+        if "chunk" in message:
+            connection.send_chunk(*message["chunk"])
+        elif "moved" in message:
+            connection.moved(message["moved"])
+        else:
+            connection.send(message["event"], message["payload"])
+
     def _owner_lost(self, token: str, sid: str, mirror: Mirror) -> None:
         log.warning("node %s died with request %s in flight", mirror.node, mirror.id)
         self.relay.connection(sid).send("error", interrupted(mirror.id))
+
+
+def http_node(sid: str) -> str | None:
+    """The node holding an HTTP client's connection, named in its session id
+    (``http:NODE:RANDOM``)."""
+    parts = sid.split(":")
+    return parts[1] if len(parts) == 3 else None
+
+
+class PeerHttpConnection:
+    """An HTTP client connected to another node: through that node's control
+    channel, in order (one Redis channel, one publisher)."""
+
+    __slots__ = ("_cluster", "_node", "_sid")
+
+    def __init__(self, cluster: Cluster, node: str, sid: str):
+        self._cluster = cluster
+        self._node = node
+        self._sid = sid
+
+    def send_chunk(self, request_id: str, seq: int, kind: Kind, delta: str) -> None:
+        self._publish({"chunk": [request_id, seq, kind, delta]})
+
+    def send(self, event: str, payload: dict[str, Any]) -> None:
+        self._publish({"event": event, "payload": payload})
+
+    def moved(self, request_id: str) -> None:
+        self._publish({"moved": request_id})
+
+    def _publish(self, message: dict[str, Any]) -> None:
+        self._cluster.send(self._node, {"op": "deliver", "sid": self._sid, **message})

@@ -12,7 +12,10 @@ class Metrics:
             "chat_connections", "Open Socket.IO connections", registry=self.registry
         )
         self.active_streams = Gauge(
-            "chat_active_streams", "Generations running now", registry=self.registry
+            "chat_active_streams",
+            "Generations running now, by the transport they started on",
+            ["transport"],
+            registry=self.registry,
         )
         self.ttft = Histogram(
             "chat_ttft_seconds",
@@ -21,7 +24,10 @@ class Metrics:
             registry=self.registry,
         )
         self.requests = Counter(
-            "chat_requests", "Chats accepted", registry=self.registry
+            "chat_requests",
+            "Chats accepted, by transport (socketio, http)",
+            ["transport"],
+            registry=self.registry,
         )
         self.chunks = Counter(
             "chat_chunks_sent", "Chunk events sent to clients", registry=self.registry
@@ -57,6 +63,17 @@ class Metrics:
         self.slow_clients = Counter(
             "chat_slow_clients_closed",
             "Connections closed because the client stopped reading",
+            registry=self.registry,
+        )
+        self.sessions = Gauge(
+            "chat_engineio_sessions",
+            "Open Engine.IO sessions, connected or not yet (what MAX_CONNECTIONS caps)",
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "chat_connections_refused",
+            "Connections refused (a handshake, or a Socket.IO connect), by code",
+            ["code"],
             registry=self.registry,
         )
         self.resumes = Counter(

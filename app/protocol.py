@@ -24,6 +24,16 @@ RETRYABLE = {
     "upstream_timeout": True,
     "upstream_error": False,
     "internal": False,
+    # The HTTP transport's own (openai_api.py); Socket.IO has them as connect errors
+    # or as invalid_request.
+    "unauthorized": False,
+    "forbidden_origin": False,
+    "model_not_found": False,
+    # Refused connections (app/admission.py, the connect handler): a refused
+    # handshake's HTTP body, or a connect error's data.
+    "too_many_connections": False,
+    "handshake_rate_limited": True,
+    "server_full": True,
 }
 
 FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "cancelled")
@@ -32,12 +42,20 @@ FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "cancelled")
 class ProtocolError(Exception):
     """A request the server answers with an ``error`` event and a negative ack."""
 
-    def __init__(self, code: str, message: str, request_id: str | None = None):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
         self.retryable = RETRYABLE[code]
+        # Seconds after which a retry can succeed, when the server knows.
+        self.retry_after = retry_after
 
     def payload(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -120,6 +138,9 @@ class ChatRequest:
     model: str
     temperature: float | None = None
     max_tokens: int | None = None
+    # Whether the generation runs on when its client disconnects, for a resume
+    # (RESUME_GRACE_SECONDS); otherwise a disconnect stops it, as OpenAI's API does.
+    survives_disconnect: bool = True
 
 
 @dataclass

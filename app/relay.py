@@ -22,13 +22,13 @@ from typing import Any
 from flask_socketio import SocketIO
 from limits import parse as parse_limit
 from limits.storage import MemoryStorage, storage_from_string
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.strategies import MovingWindowRateLimiter
 
 from . import tokens
 from .auth import may_resume
 from .breaker import CircuitBreaker
 from .cluster import Cluster
-from .delivery import GONE, Connection, LocalConnection, RemoteConnection
+from .delivery import GONE, TRANSPORTS, Connection, LocalConnection, transport_of
 from .metrics import Metrics
 from .pacing import Pacer
 from .protocol import (
@@ -74,8 +74,10 @@ class Relay:
         )
         self.rate = parse_limit(f"{config['CHATS_PER_MINUTE']}/minute")
         # With several nodes the allowance is shared through Redis.
-        # A sliding-window counter: two numbers per user, however many chats.
-        self.rate_limiter = SlidingWindowCounterRateLimiter(
+        # A moving window: exact at any instant (a sliding counter's estimate lets
+        # a user past the limit just after its window turns), at one timestamp per
+        # chat of the last minute.
+        self.rate_limiter = MovingWindowRateLimiter(
             storage_from_string(config["STREAM_STORE_URL"])
             if cluster is not None
             else ReapedMemoryStorage()
@@ -99,8 +101,11 @@ class Relay:
         self.identities: dict[str, str] = {}
         self.connections: dict[str, Connection] = {}
         self.metrics = Metrics()
-        self.metrics.connections.set_function(lambda: len(self.identities))
-        self.metrics.active_streams.set_function(self.live_count)
+        self.metrics.connections.set_function(self.socketio_connections)
+        for transport in TRANSPORTS:
+            self.metrics.active_streams.labels(transport).set_function(
+                lambda transport=transport: self.live_count(transport)
+            )
         self.metrics.loop_lag.set_function(lambda: self.pacer.lag)
         self.accepting = True
         self._reaper_started = False
@@ -109,8 +114,14 @@ class Relay:
     # -- what the event handlers call --------------------------------------------------
 
     def connect(self, sid: str, identity: str) -> None:
+        """A Socket.IO client connected to this node."""
+        self.attach(sid, identity, LocalConnection(self.socketio, sid))
+
+    def attach(self, sid: str, identity: str, connection: Connection) -> None:
+        """A client connected to this node, over any transport: its requests are
+        counted against ``identity``, and their events go to ``connection``."""
         self.identities[sid] = identity
-        self.connections[sid] = LocalConnection(self.socketio, sid)
+        self.connections[sid] = connection
 
     def admit(self, sid: str, request: ChatRequest) -> Stream:
         """Accept a request for ``sid`` and start generating in the background, or
@@ -125,6 +136,7 @@ class Relay:
                 "rate_limited",
                 f"more than {self.rate.amount} chats a minute; wait and retry",
                 request.id,
+                retry_after=self._rate_reset(identity),
             )
         wait = self.breaker.allow()
         if wait is not None:
@@ -132,6 +144,7 @@ class Relay:
                 "upstream_unavailable",
                 f"the upstream is failing; retry in {wait:.0f} s",
                 request.id,
+                retry_after=wait,
             )
         messages = request.messages
         if self.system_prompt:
@@ -153,7 +166,7 @@ class Relay:
                 "or stop one",
                 request.id,
             ) from None
-        self.metrics.requests.inc()
+        self.metrics.requests.labels(stream.transport).inc()
         self.socketio.start_background_task(self._run, stream)
         return stream
 
@@ -164,6 +177,14 @@ class Relay:
             # The shared limiter's Redis is away: serve rather than refuse everyone.
             log.warning("rate limiter unavailable (%s); allowing", exc)
             return True
+
+    def _rate_reset(self, identity: str) -> float:
+        """Seconds until ``identity`` may start a chat again."""
+        try:
+            stats = self.rate_limiter.get_window_stats(self.rate, identity)
+            return max(stats.reset_time - time.time(), 1.0)
+        except Exception:
+            return float(self.rate.get_expiry())
 
     def stop(self, sid: str, request_id: str) -> None:
         """End a live request now with ``done`` (cancelled).
@@ -199,10 +220,12 @@ class Relay:
             stream is None
             or stream.id != request_id
             or stream.abandoned
+            or stream.transport != transport_of(sid)
             or not may_resume(identity, stream.identity)
         ):
             raise resume_denied(request_id)
         with stream.lock:
+            previous = stream.sid
             if after > len(stream.parts) - 1:
                 raise ProtocolError(
                     "invalid_request",
@@ -222,6 +245,8 @@ class Relay:
             if stream.terminal is not None:
                 connection.send(*stream.terminal)
                 stream.expires_at = time.monotonic() + self.resume_grace
+        if previous is not None and previous != sid:
+            self.connection(previous).moved(request_id)
         self.metrics.resumes.inc()
         log.info("request %s resumed after seq %d", request_id, after)
         return replayed
@@ -229,7 +254,9 @@ class Relay:
     def disconnect(self, sid: str) -> None:
         """The disconnect policy: a vanished client's generations go on for the resume
         grace window, kept for it to resume; then they are abandoned, which closes the
-        upstream stream so that nobody pays for an answer nobody will read."""
+        upstream stream so that nobody pays for an answer nobody will read. A request
+        that does not survive a disconnect (an HTTP client's, unless it asked for
+        ``background``) is stopped at once, its text kept for a resume."""
         self.identities.pop(sid, None)
         self.connections.pop(sid, None)
         if self.cluster is not None:
@@ -244,6 +271,9 @@ class Relay:
                     self.store.drop(stream)
                 elif not stream.ended:
                     stream.expires_at = deadline
+            if not stream.request.survives_disconnect:
+                # Stopped as by ``stop``: what was sent stays for a resume to read.
+                self.finish(stream, "cancelled")
         if streams:
             self._ensure_reaper()
             log.info("client %s gone with %d live generation(s)", sid, len(streams))
@@ -263,8 +293,15 @@ class Relay:
     def connected(self) -> list[str]:
         return list(self.identities)
 
-    def live_count(self) -> int:
-        return len(self.store.live_streams())
+    def socketio_connections(self) -> int:
+        return sum(1 for sid in self.identities if transport_of(sid) == "socketio")
+
+    def live_count(self, transport: str | None = None) -> int:
+        """Streams still generating here (started over ``transport``, or any)."""
+        streams = self.store.live_streams()
+        if transport is None:
+            return len(streams)
+        return sum(1 for stream in streams if stream.transport == transport)
 
     def slow_client(self, eio_sid: str) -> None:
         """A client stopped reading with MAX_QUEUED_BYTES waiting for it: its
@@ -278,9 +315,20 @@ class Relay:
         connection = self.connections.get(sid)
         if connection is not None:
             return connection
-        if self.cluster is not None:
-            return RemoteConnection(self.socketio, sid)
+        if self.forwarding is not None:
+            return self.forwarding.connection(sid)
         return GONE
+
+    def described(self, token: str) -> tuple[str, int] | None:
+        """The model and creation time of the stream ``token`` names, on any node."""
+        stream = self.store.by_token(token)
+        if stream is not None:
+            return stream.request.model, stream.created
+        if self.cluster is not None:
+            mirror = self.cluster.store.mirrored(token)
+            if mirror is not None:
+                return mirror.model, mirror.created
+        return None
 
     # -- the generation ----------------------------------------------------------------
 
@@ -339,7 +387,7 @@ class Relay:
         if self.window and len(batch) > 1:
             joined = _joined(batch)
             if len(joined) < len(batch):
-                self.metrics.coalesced.inc(len(joined))
+                self.metrics.coalesced.inc(_merged(batch))
             batch = joined
         with stream.lock:
             if stream.ended:
@@ -477,6 +525,17 @@ def _joined(batch: Batch) -> Batch:
         else:
             joined.append((kind, text))
     return joined
+
+
+def _merged(batch: Batch) -> int:
+    """How many of ``_joined(batch)``'s events hold more than one piece: the runs of
+    two or more pieces of one kind."""
+    kinds = [kind for kind, _ in batch]
+    return sum(
+        1
+        for i in range(1, len(kinds))
+        if kinds[i] == kinds[i - 1] and (i == 1 or kinds[i - 2] != kinds[i])
+    )
 
 
 def _usage(stream: Stream, result: Result | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+from .delivery import transport_of
 from .protocol import ChatRequest
 from .providers.base import ANSWER, REASONING, Abort, Kind, Piece
 
@@ -28,6 +29,8 @@ class Stream:
     ):
         # The connection events go to; None while the client is away.
         self.sid: str | None = sid
+        # Which transport it started on: a resume must come over the same one.
+        self.transport = transport_of(sid)
         self.identity = identity
         self.request = request
         self.messages = messages
@@ -40,6 +43,8 @@ class Stream:
         # Fired when the request ends other than by its generation finishing.
         self.abort = Abort()
         self.started = time.monotonic()
+        # Wall-clock seconds, as OpenAI's ``created`` field gives them.
+        self.created = int(time.time())
         # When the first text of either kind, and of the answer, was sent.
         self.first_token_at: float | None = None
         self.first_answer_at: float | None = None

@@ -32,22 +32,6 @@ def socketio_path():
     abort(404)
 
 
-@bp.get("/v1/models")
-def models():
-    """The models clients may choose, in OpenAI's list shape; the first is the
-    default."""
-    provider = current_app.extensions["relay"].provider
-    default = provider.default_model
-    offered = [default, *(m for m in provider.models if m != default)]
-    return jsonify(
-        object="list",
-        data=[
-            {"id": model, "object": "model", "created": 0, "owned_by": "chatstream"}
-            for model in offered
-        ],
-    )
-
-
 @bp.get("/metrics")
 def metrics():
     registry = current_app.extensions["relay"].metrics.registry

@@ -31,7 +31,7 @@ Also: the server's CPU and RSS (its worker's /proc) and its CPU µs per token
 delivered (cores × 1e6 / tokens per second), the test server's CPU, and the server's
 RSS per idle connection (RSS delta over N idle Socket.IO connections / N).
 
-    python -m bench.capacity [--quick] [--targets relay-eventlet,sio-asgi]
+    python -m bench.capacity [--quick] [--targets relay-gevent,relay-gevent-sse]
         [--levels 100,250] [--series upstream,demo] [--no-direct]
 """
 
@@ -58,7 +58,9 @@ from .procstat import status_kb
 from .servers import (
     TARGETS,
     UPSTREAM_KEY,
+    UPSTREAM_MODEL,
     Upstream,
+    client_url,
     parse_target,
     start_target,
     unwind_on_signals,
@@ -238,7 +240,8 @@ def run_level(
         )
         try:
             idle_rss_mb = status_kb(server.worker, "VmRSS") / 1024
-            job = sustained_job(config, kind, server.url, streams, source, prompt)
+            url = client_url(target, server)
+            job = sustained_job(config, kind, url, streams, source, prompt)
             watched = Watched(
                 server=server.worker, upstream=upstream.worker if upstream else None
             )
@@ -299,6 +302,7 @@ def run_direct_level(
             "upstream",
             prompt,
             api_key=UPSTREAM_KEY,
+            model=UPSTREAM_MODEL,
         )
         phase = run_phase(
             job,

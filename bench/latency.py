@@ -3,12 +3,14 @@
 For each target, in one run: N concurrent streams from the OpenAI-compatible test
 server, (a) sustained (each finished stream replaced at once, the first seconds
 discarded) and (b) a burst of N started together, through the target and, in the
-adjacent phase, straight at the same test server with ``AsyncOpenAI``. The order of
-the two phases alternates between repeats. Figures are medians over the valid
+adjacent phase, straight at the same test server with ``AsyncOpenAI`` (for a target
+read over OpenAI's HTTP API, the relay's SSE transport, with the same raw HTTP
+reader that reads the target, so that only the relay differs). The order of the
+two phases alternates between repeats. Figures are medians over the valid
 repeats of: added TTFT and added inter-chunk delay (target minus direct, p50 and
 p99) and the stream duration ratio target/direct at p99.
 
-    python -m bench.latency [--quick] [--targets relay-eventlet,fastapi-sse]
+    python -m bench.latency [--quick] [--targets relay-gevent,relay-gevent-sse]
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from .procstat import median
 from .servers import (
     TARGETS,
     UPSTREAM_KEY,
+    UPSTREAM_MODEL,
     Upstream,
+    client_url,
     parse_target,
     start_target,
     unwind_on_signals,
@@ -79,19 +83,21 @@ def measure_target(
 ) -> dict[str, Any]:
     """Both modes for one target, each as direct/target pairs of phases."""
     kind = TARGETS[parse_target(target)[0]]["kind"]
+    direct_kind = direct_client(kind)
     prompt = upstream_prompt(config.ttft, config.tps, config.tokens)
     text = expected_text("upstream", prompt, config.tokens)
     server = start_target(
         target, upstream=upstream, demo=None, connections=config.streams
     )
-    out: dict[str, Any] = {"target": target}
+    url = client_url(target, server)
+    out: dict[str, Any] = {"target": target, "direct_client": direct_kind}
     try:
         for mode in ("sustained", "burst"):
             runs = []
             for repeat in range(config.repeats):
                 job = Job(
                     kind=kind,
-                    url=server.url,
+                    url=url,
                     slots=config.streams,
                     mode=mode,
                     prompt=prompt,
@@ -105,7 +111,11 @@ def measure_target(
                     seed=repeat,
                 )
                 direct_job = replace(
-                    job, kind="openai", url=upstream.base_url, api_key=UPSTREAM_KEY
+                    job,
+                    kind=direct_kind,
+                    url=upstream.base_url,
+                    api_key=UPSTREAM_KEY,
+                    model=UPSTREAM_MODEL,
                 )
                 order = [("direct", direct_job), ("target", job)]
                 if repeat % 2:
@@ -140,6 +150,13 @@ def measure_target(
     finally:
         server.stop()
     return out
+
+
+def direct_client(kind: str) -> str:
+    """The baseline's client for a target read by ``kind``: ``AsyncOpenAI``, except
+    for a target that speaks OpenAI's API itself, read by the same raw HTTP reader
+    both ways so that only the relay differs."""
+    return "openai-http" if kind == "openai-http" else "openai"
 
 
 def compare(direct: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:

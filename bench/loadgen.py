@@ -10,7 +10,9 @@ Four kinds of client, one stream at a time each:
   upstream: the baseline the relay's added latency is measured against.
 - ``openai-http``: the same request and stream read with raw HTTP/1.1, every event
   that one socket read brought parsed at once: the no-relay baseline at stream
-  counts where ``AsyncOpenAI`` (~100 µs per chunk) would saturate the generators.
+  counts where ``AsyncOpenAI`` (~100 µs per chunk) would saturate the generators,
+  and the client of the relay's own OpenAI-compatible transport (``*-sse`` relay
+  targets), whose stream is the same work to read.
 
 Each process (``Generator``) runs its share of the clients and reports, for the
 streams started inside the measurement window, per-token arrival times turned into
@@ -43,8 +45,8 @@ CONNECT_DEADLINE = 90.0
 class Job:
     """What one generator process does in one phase."""
 
-    kind: str  # "sio", "sse" or "openai"
-    url: str  # the target's base URL (for "openai", the /v1 base URL)
+    kind: str  # "sio", "sse", "openai" or "openai-http"
+    url: str  # the target's base URL (for "openai*", the /v1 base URL)
     slots: int  # concurrent client slots in this process
     mode: str  # "sustained", "burst" or "idle"
     prompt: str
@@ -55,7 +57,9 @@ class Job:
     warmup: float = 0.0  # streams started earlier than this are not measured
     stagger: float = 0.0  # spread the first starts over this many seconds
     stream_timeout: float = 30.0  # a stream still open after this is cut off
-    model: str = "test-model"
+    # The model an OpenAI-API request names; none ("") asks for the server's
+    # default, as the Socket.IO client does of the relay.
+    model: str = ""
     api_key: str = "unused"
     seed: int = 0
     first_slot: int = 0  # this process's first slot number, machine-wide
@@ -378,7 +382,8 @@ class OpenAIHttpClient:
 
     Much cheaper per chunk than ``AsyncOpenAI`` (which builds a typed chunk object
     for every event), so the generators can read a thousand streams straight from
-    the test server. It expects what that server sends: a chunked reply.
+    the test server. It expects what that server and the relay send: a chunked
+    reply, each event's ``data:`` its last field (the relay writes ``id:`` first).
     """
 
     def __init__(self, url: str, slot: int = 0, api_key: str = "unused"):
@@ -399,11 +404,19 @@ class OpenAIHttpClient:
         length = await self._headers()
         await self.reader.readexactly(length or 0)
 
-    async def _open(self) -> None:
-        if self.writer is None or self.writer.is_closing():
-            self.reader, self.writer = await asyncio.open_connection(
-                self.host, self.port, local_addr=self.local_addr
-            )
+    async def _open(self) -> bool:
+        """Have an open connection; whether it is one kept from before."""
+        if self.writer is not None and not self.writer.is_closing():
+            assert self.reader is not None
+            if not self.reader.at_eof():
+                return True
+            # The server closed it while it was idle: gunicorn keeps an idle
+            # connection for 2 s (``keepalive``), the test server for ever.
+            self.writer.transport.abort()
+        self.reader, self.writer = await asyncio.open_connection(
+            self.host, self.port, local_addr=self.local_addr
+        )
+        return False
 
     def _head(self, method: str, path: str, length: int) -> bytes:
         return (
@@ -417,6 +430,8 @@ class OpenAIHttpClient:
         """Read a response's status and headers; its Content-Length, if any."""
         assert self.reader is not None
         status = await self.reader.readline()
+        if not status:
+            raise ConnectionResetError("closed before the response")
         if b" 200 " not in status:
             raise ValueError(f"HTTP status {status!r}")
         length = None
@@ -441,19 +456,33 @@ class OpenAIHttpClient:
             record.end = time.monotonic()
 
     async def _stream(self, job: Job, record: StreamRecord) -> None:
-        await self._open()
-        assert self.writer is not None and self.reader is not None
+        kept = await self._open()
+        assert self.writer is not None
+        fields = {"model": job.model} if job.model else {}
         body = json.dumps(
             {
-                "model": job.model,
+                **fields,
                 "messages": [{"role": "user", "content": job.prompt}],
                 "stream": True,
                 "max_tokens": job.max_tokens,
             }
         ).encode()
+        request = self._head("POST", self.path, len(body)) + body
         record.start = time.monotonic()
-        self.writer.write(self._head("POST", self.path, len(body)) + body)
-        await self._headers()
+        self.writer.write(request)
+        try:
+            await self._headers()
+        except ConnectionError:
+            if not kept:
+                raise
+            # The server closed the kept connection as the request went out: sent
+            # again on a new one, as HTTP clients do on a stale pooled connection.
+            await self.close()
+            await self._open()
+            assert self.writer is not None
+            self.writer.write(request)
+            await self._headers()
+        assert self.reader is not None
         loads, monotonic = json.loads, time.monotonic
         raw = b""  # chunked body bytes not yet decoded
         events = b""  # decoded body bytes not yet split into SSE events
@@ -476,9 +505,15 @@ class OpenAIHttpClient:
                 body_done = size == 0  # (the test server sends no trailers)
             while (end := events.find(b"\n\n")) >= 0:
                 event, events = events[:end], events[end + 2 :]
-                if not event.startswith(b"data:") or record.finish is not None:
-                    continue  # a comment (keep-alive) or another field
-                payload = event[5:].strip()
+                if record.finish is not None:
+                    continue
+                if event.startswith(b"data:"):
+                    payload = event[5:].strip()
+                else:  # "id: <seq>" first, or a comment (keep-alive) alone
+                    field = event.find(b"\ndata:")
+                    if field < 0:
+                        continue
+                    payload = event[field + 6 :].strip()
                 if payload == b"[DONE]":
                     record.finish, record.end = "done", now
                     continue

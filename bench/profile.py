@@ -28,7 +28,15 @@ from .capacity import CapacityConfig, sustained_job
 from .common import DEMO_PROMPT, upstream_prompt
 from .loadgen import Generators, merge
 from .procstat import CpuMeter
-from .servers import ROOT, Upstream, start_target, unwind_on_signals
+from .servers import (
+    ROOT,
+    TARGETS,
+    Upstream,
+    client_url,
+    parse_target,
+    start_target,
+    unwind_on_signals,
+)
 
 RESULTS = ROOT / "bench" / "results"
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
@@ -101,7 +109,9 @@ def main() -> None:
         demo=None if upstream else (config.ttft, config.rate),
         connections=args.streams,
     )
-    job = sustained_job(config, "sio", server.url, args.streams, args.source, prompt)
+    kind = TARGETS[parse_target(args.target)[0]]["kind"]
+    url = client_url(args.target, server)
+    job = sustained_job(config, kind, url, args.streams, args.source, prompt)
     job = replace(job, duration=warmup + 2 * args.seconds + 6)
     generators = Generators(job, args.processes)
     RESULTS.mkdir(parents=True, exist_ok=True)

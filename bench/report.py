@@ -24,17 +24,20 @@ def chart(results: dict[str, Any], path: Path) -> None:
     (ttft_ax, gap_ax), (rate_ax, late_ax), (us_ax, cap_ax) = axes
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
-    direct_drawn = False
+    direct_drawn = set()  # each baseline client once, from its first target
     for index, (target, result) in enumerate(results["latency"].items()):
         colour = colours[index % len(colours)]
         run = _first_valid(result["sustained"]["runs"])
-        if run is None:
+        if run is None or "samples" not in run:
             continue
+        client = result.get("direct_client", "openai")
+        style = ":" if client == "openai" else "--"
         for ax, key in ((ttft_ax, "ttft_sample_ms"), (gap_ax, "gaps_sample_ms")):
             _cdf(ax, run["samples"]["target"][key], target, colour, "-")
-            if not direct_drawn:
-                _cdf(ax, run["samples"]["direct"][key], "direct (openai)", "k", ":")
-        direct_drawn = True
+            if client not in direct_drawn:
+                label = f"direct ({client})"
+                _cdf(ax, run["samples"]["direct"][key], label, "k", style)
+        direct_drawn.add(client)
     ttft_ax.set(
         title="TTFT, sustained load (first valid run)",
         xlabel="ms from request to first text",
@@ -180,7 +183,20 @@ def tables(results: dict[str, Any]) -> str:
                     f"| {_v(s['target_generator_cpu_max'])} "
                     f"| {_v(s['upstream_cpu_max'])} |"
                 )
+        raw = [
+            target
+            for target, result in results["latency"].items()
+            if result.get("direct_client", "openai") != "openai"
+        ]
         lines.append("")
+        if raw:
+            lines.append(
+                "Added: the target minus `AsyncOpenAI` reading the test server; "
+                "for "
+                + ", ".join(raw)
+                + ", minus the target's own client (the raw HTTP reader) reading it."
+            )
+            lines.append("")
     if results["capacity"] or results.get("direct"):
         lines += _capacity_tables(results)
     if results.get("invalid"):

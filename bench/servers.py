@@ -23,6 +23,9 @@ from .procstat import children
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "bench" / "results" / "logs"
 UPSTREAM_KEY = "sk-bench-not-a-secret"
+# The model the relay's openai provider asks the test server for, as the direct
+# clients do.
+UPSTREAM_MODEL = "test-model"
 
 
 def unwind_on_signals() -> None:
@@ -175,10 +178,20 @@ class Upstream(Server):
 
 # The relay and the peers, each as the process that runs it. ``demo`` pacing is
 # given by DEMO_TTFT / DEMO_TOKENS_PER_SECOND; without it they call the upstream.
+# ``kind`` is the load generator's client; ``path``, where that client is pointed.
 TARGETS = {
     "relay-eventlet": {"kind": "sio", "server": "relay", "async_mode": "eventlet"},
     "relay-gevent": {"kind": "sio", "server": "relay", "async_mode": "gevent"},
     "relay-threading": {"kind": "sio", "server": "relay", "async_mode": "threading"},
+    # The same relay process, read over its OpenAI-compatible HTTP transport
+    # (POST /v1/chat/completions, stream: true) by the reader that reads the test
+    # server in the no-relay series.
+    "relay-gevent-sse": {
+        "kind": "openai-http",
+        "server": "relay",
+        "async_mode": "gevent",
+        "path": "/v1",
+    },
     "fastapi-sse": {"kind": "sse", "server": "uvicorn", "app": "fastapi_sse"},
     "flask-stream": {"kind": "sse", "server": "gthread", "app": "flask_stream"},
     "naive-sio": {"kind": "sio", "server": "eventlet", "app": "naive_socketio"},
@@ -198,6 +211,11 @@ def parse_target(name: str) -> tuple[str, int | None]:
     return match.group(1), None if window is None else int(window)
 
 
+def client_url(name: str, server: Server) -> str:
+    """Where the load generator points its clients at target ``name``."""
+    return server.url + TARGETS[parse_target(name)[0]].get("path", "")
+
+
 def start_target(
     name: str,
     *,
@@ -212,7 +230,9 @@ def start_target(
     base, coalesce_ms = parse_target(name)
     spec = TARGETS[base]
     port = free_port()
-    threads = str(max(200, connections + 64))
+    # The relay under gthread takes 90 % of its threads in connections (the rest
+    # stay free for /healthz and the like: app/admission.py).
+    threads = str(max(200, connections * 10 // 9 + 64))
     # Open connections a worker accepts: gunicorn's default (1000) would refuse
     # the rest. deploy/gunicorn.conf.py reads it for the relay in every mode.
     worker_connections = str(max(10000, connections + 100))
@@ -229,7 +249,7 @@ def start_target(
             "LLM_PROVIDER": "openai",
             "OPENAI_BASE_URL": upstream.base_url,
             "OPENAI_API_KEY": UPSTREAM_KEY,
-            "LLM_MODEL": "test-model",
+            "LLM_MODEL": UPSTREAM_MODEL,
             "UPSTREAM_MAX_RETRIES": "0",
         }
     gunicorn = [sys.executable, "-m", "gunicorn"]

@@ -194,14 +194,18 @@ class ChatClient:
         except (socketio.exceptions.SocketIOError, ValueError) as exc:
             refusal = self._refusal
             if isinstance(refusal, dict) and "message" in refusal:
-                # The server itself said no (e.g. a missing token): its reason and
-                # code beat python-socketio's "namespaces failed to connect".
-                details = refusal.get("data")
-                code = details.get("code") if isinstance(details, dict) else None
+                # The server itself said no: its reason and code beat
+                # python-socketio's "namespaces failed to connect" or "unexpected
+                # status code". A refused Socket.IO connect (a missing token, too
+                # many connections) carries them in ``data``; a refused handshake
+                # (server_full, handshake_rate_limited) in the HTTP body itself.
+                details = refusal.get("data", refusal)
+                if not isinstance(details, dict):
+                    details = {}
                 raise ChatConnectionError(
-                    str(code or "connection_refused"),
+                    str(details.get("code") or "connection_refused"),
                     f"{self.url} refused the connection: {refusal['message']}",
-                    retryable=False,
+                    retryable=bool(details.get("retryable", False)),
                 ) from exc
             raise ChatConnectionError(
                 "connection_failed",

@@ -7,7 +7,8 @@ class ChatError(Exception):
     """A request that failed: ``code``, ``message`` and ``retryable``.
 
     ``code`` is one of the server's error codes, the code of a refused connection
-    (``unauthorized``), or ``timeout``, ``connection_failed``, ``disconnected`` or
+    (``unauthorized``, ``too_many_connections``, ``handshake_rate_limited``,
+    ``server_full``), or ``timeout``, ``connection_failed``, ``disconnected`` or
     ``lost_chunks`` (chunks that never arrived and could not be fetched again) for
     failures seen by the client. ``retryable`` is the server's word on the code
     (False when it said none), or the client's own for the codes it raises.

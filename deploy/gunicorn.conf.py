@@ -11,8 +11,10 @@ import signal
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
 workers = 1
 # Open connections one worker accepts (gunicorn's default of 1000 refuses the rest).
+# The app takes 90 % of them (of the threads for gthread) and refuses more with
+# server_full (MAX_CONNECTIONS), so that /healthz always finds a socket.
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
-mode = os.environ.get("ASYNC_MODE", "gevent")
+mode = os.environ.get("ASYNC_MODE") or "gevent"
 if mode in ("eventlet", "gevent"):
     worker_class = mode
 else:

@@ -27,8 +27,15 @@ UPSTREAM_KEY = "sk-test-7Hq2mZp9VwL4xK8sN3bR5tY1uC6dE0fA"
 ASYNC_MODES = ["eventlet", "gevent", "threading"]
 DEFAULT_ASYNC_MODE = "gevent"
 # Every test client connects from 127.0.0.1, which is one identity to the per-user
-# limits; tests of those limits set their own.
-UNLIMITED = {"MAX_STREAMS_PER_IDENTITY": "100000", "CHATS_PER_MINUTE": "1000000"}
+# limits and one address to the connection limits; tests of those limits set their
+# own.
+UNLIMITED = {
+    "MAX_STREAMS_PER_IDENTITY": "100000",
+    "CHATS_PER_MINUTE": "1000000",
+    "MAX_CONNECTIONS_PER_IDENTITY": "100000",
+    "MAX_CONNECTIONS_PER_ADDRESS": "100000",
+    "HANDSHAKES_PER_MINUTE": "1000000",
+}
 # Tests that count chunks or name a seq want one event per upstream chunk, whatever
 # the machine's load: coalescing (on by default, while busy) has tests of its own.
 ONE_EVENT_PER_CHUNK = {"COALESCE_WINDOW_MS": "0"}
@@ -305,6 +312,17 @@ def upstream_text(prompt: str, tokens: int = 30, first: int | None = None) -> st
         {"role": "user", "content": prompt},
     ]
     return "".join(build_reply(messages, tokens)[:first])
+
+
+def upstream_reasoning(prompt: str, words: int) -> str:
+    """The reasoning text the test server streams for ``prompt`` behind the relay."""
+    from .openai_server import build_reasoning
+
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": prompt},
+    ]
+    return "".join(build_reasoning(messages, words))
 
 
 def relay_env(upstream: Upstream, **extra: str) -> dict[str, str]:

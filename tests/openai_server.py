@@ -50,6 +50,10 @@ they combine, and are removed from the text before the reply is built:
                         which starts "ink>"; the last one ends "</thi" and "nk>"
                         follows at once in a chunk of its own (HTTP 400 without
                         [[reasoning_field:think]])
+    [[reply:B]]         the reply is the UTF-8 text whose base64 is B (markdown,
+                        say) instead of build_reply's, streamed as split_reply's
+                        whitespace-led pieces, one per content chunk, which
+                        concatenate to it ([[tokens:N]] does not apply)
 
 N in the ``*_after`` directives counts content chunks only (an N past the end of
 the reply means after the last one, before the finish chunk); the pause before
@@ -89,6 +93,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import hashlib
 import heapq
 import http
@@ -136,6 +142,7 @@ _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
 
 _DIRECTIVE = re.compile(r"\[\[\s*([A-Za-z_]+)\s*(?::([^\]]*))?\]\]")
 _WORD = re.compile(r"[\w'-]+")
+_REPLY_PIECE = re.compile(r"\s*\S+|\s+")
 _FILLER_WORDS = """
 river stone lantern meadow copper signal harbor orbit velvet canyon pepper
 marble thunder willow ember quartz falcon tundra cedar beacon saffron glacier
@@ -179,6 +186,7 @@ class Directives:
     reasoning: int | None = None
     reasoning_field: str = "reasoning_content"
     split_think: bool = False
+    reply: str | None = None  # decoded from [[reply:B]]
 
 
 _FLAGS = frozenset(
@@ -190,6 +198,7 @@ _NUMBERS = frozenset(
     + ("reasoning",)
 )
 _CHOICES = {"finish": FINISH_REASONS, "reasoning_field": REASONING_FIELDS}
+_TEXTS = frozenset(("reply",))
 
 
 class DirectiveError(ValueError):
@@ -213,10 +222,15 @@ def _directive_value(name: str, value: str | None, source: str) -> Any:
         if value is not None:
             raise DirectiveError(f"{source}: this directive takes no value")
         return True
-    if name not in _NUMBERS and name not in _CHOICES:
+    if name not in _NUMBERS and name not in _CHOICES and name not in _TEXTS:
         raise DirectiveError(f"unknown test-server directive {source}")
     if value is None:
         raise DirectiveError(f"{source}: this directive needs a value")
+    if name in _TEXTS:
+        try:
+            return base64.b64decode(value, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise DirectiveError(f"{source}: not base64 of UTF-8 text") from None
     if name in _CHOICES:
         if value not in _CHOICES[name]:
             raise DirectiveError(f"{source}: not one of {', '.join(_CHOICES[name])}")
@@ -283,6 +297,12 @@ def build_reply(messages: Sequence[Mapping[str, Any]], count: int) -> list[str]:
     words = f'You said "{quoted}".'.split() if quoted else ["You", "said", "nothing."]
     words += _filler(json.dumps(texts).encode(), count - len(words))
     return _pieces(words[:count])
+
+
+def split_reply(text: str) -> list[str]:
+    """The pieces [[reply:B]] streams its text in: each run of whitespace goes
+    with the word after it, so the pieces concatenate to the text."""
+    return _REPLY_PIECE.findall(text)
 
 
 def build_reasoning(messages: Sequence[Mapping[str, Any]], count: int) -> list[str]:
@@ -1094,7 +1114,10 @@ class _Service:
         count = self.settings.reply_tokens
         count = directives.tokens if directives.tokens is not None else count
         reasoning = build_reasoning(messages, directives.reasoning or 0)
-        tokens = build_reply(messages, count)
+        if directives.reply is not None:
+            tokens = split_reply(directives.reply)
+        else:
+            tokens = build_reply(messages, count)
         finish_reason, reasoning_cut = "stop", False
         if max_tokens is not None and max_tokens < len(reasoning) + len(tokens):
             finish_reason = "length"

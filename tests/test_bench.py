@@ -18,8 +18,9 @@ import pytest
 
 from bench.capacity import capacity_of
 from bench.common import verdict
+from bench.latency import direct_client
 from bench.run import QUICK_CAPACITY_TARGETS, QUICK_LATENCY_TARGETS
-from bench.servers import stop
+from bench.servers import TARGETS, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -205,19 +206,34 @@ def test_verdicts_and_capacities_are_the_documented_ones(quick_run):
 @pytest.mark.timeout(420)
 def test_idle_connections_are_measured_on_socketio_targets(quick_run):
     results, _, figures = quick_run
-    for target in ("relay-eventlet", "sio-asgi"):
+    for target in ("relay-gevent", "sio-asgi"):
         idle = results["capacity"][target]["idle"]
         assert idle["connections"] == 100 and idle["connect_failures"] == 0
         assert idle["rss_after_mb"] > 0
         assert f"{target}.rss_per_idle_connection_kb" in figures
-    assert "skipped" in results["capacity"]["fastapi-sse"]["idle"]
+    for target in ("relay-gevent-sse", "fastapi-sse"):
+        assert "skipped" in results["capacity"][target]["idle"]
+
+
+@pytest.mark.timeout(420)
+def test_relay_sse_streams_all_end_with_done(quick_run):
+    results, _, _ = quick_run
+    for series in ("upstream", "demo"):
+        level = results["capacity"]["relay-gevent-sse"][series]["levels"][0]
+        assert level["finishes"] == {"done": level["streams_measured"]}
+    assert results["latency"]["relay-gevent"]["direct_client"] == "openai"
+
+
+def test_relay_sse_latency_baseline_is_the_same_raw_reader():
+    assert direct_client(TARGETS["relay-gevent-sse"]["kind"]) == "openai-http"
+    assert direct_client(TARGETS["relay-gevent"]["kind"]) == "openai"
 
 
 @pytest.mark.timeout(420)
 def test_loadgen_offers_deflate_which_the_relay_declines(quick_run):
     results, _, _ = quick_run
     for series in ("upstream", "demo"):
-        relay = results["capacity"]["relay-eventlet"][series]["levels"][0]
+        relay = results["capacity"]["relay-gevent"][series]["levels"][0]
         assert relay["deflate_connections"] == 0
         # uvicorn accepts it by default: proof that the offer is made.
         peer = results["capacity"]["sio-asgi"][series]["levels"][0]

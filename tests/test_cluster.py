@@ -2,11 +2,13 @@
 the proxy, resume and stop work from any node, a dead node is reported, and a Redis
 restart heals by itself."""
 
+import json
 import os
 import re
 import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,6 +26,8 @@ from .conftest import (
     wait_until,
 )
 from .conftest import upstream_text as expected_text
+from .test_http_api import answer_text, resume_rest
+from .test_http_api import start_and_cut as start_http_and_cut
 
 
 def binary(name: str) -> str:
@@ -283,6 +287,40 @@ def test_stop_via_another_node_stops_the_stream(nodes, upstream, async_mode):
         assert record["chunks_sent"] < 2000
     finally:
         other.close()
+
+
+def test_curl_through_nginx_gets_the_stream_as_it_comes(nginx, upstream, async_mode):
+    marker = f"curl through nginx {async_mode}"
+    prompt = f"{marker} [[tokens:400]] [[tps:40]]"
+    body = {"messages": [{"role": "user", "content": prompt}], "stream": True}
+    curl = subprocess.Popen(
+        [binary("curl"), "--no-buffer", "-sS", nginx + "/v1/chat/completions"]
+        + ["-H", "Content-Type: application/json", "-d", json.dumps(body)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert curl.stdout is not None
+        lines = iter(curl.stdout.readline, b"")
+        first = next(line for line in lines if line.startswith(b"data: "))
+        # The first chunk came through the proxy while the model had 10 s left.
+        assert upstream.find(marker)["outcome"] == "streaming"
+        chunk = json.loads(first.removeprefix(b"data: "))
+        assert chunk["choices"][0]["delta"]["content"] == expected_text(
+            prompt, 400, first=1
+        )
+    finally:
+        curl.kill()
+        curl.wait()
+
+
+def test_http_resume_on_another_node_gives_the_exact_rest(nodes):
+    a, b, _ = nodes
+    prompt = "HTTP resume elsewhere [[tokens:80]] [[tps:60]]"
+    held, stream_id, token = start_http_and_cut(a.url, prompt, events=5)
+    rest = resume_rest(b.url, stream_id, token, held)
+    assert answer_text(held + rest) == expected_text(prompt, 80)
+    assert {e["data"]["model"] for e in rest[:-1]} == {"test-model"}
+    assert rest[-1]["data"] == "[DONE]"
 
 
 def test_dead_node_gives_its_clients_a_retryable_error(

@@ -66,7 +66,7 @@ def refusal(url: str, auth) -> dict:
 def test_connection_without_a_valid_token_is_refused(authed, auth, reason):
     error = refusal(authed.url, auth)
     assert reason in error["message"]
-    assert error["data"] == {"code": "unauthorized"}
+    assert error["data"] == {"code": "unauthorized", "retryable": False}
 
 
 @pytest.mark.parametrize(

@@ -287,11 +287,11 @@ def test_metrics_count_requests_chunks_and_outcomes(app, client):
     events.until_end("m")
     client.emit("stop", {"id": "gone"})
     text = app.test_client().get("/metrics").get_data(as_text=True)
-    assert "chat_requests_total 1.0" in text
+    assert 'chat_requests_total{transport="socketio"} 1.0' in text
     assert "chat_chunks_sent_total 7.0" in text
     assert 'chat_finished_total{finish_reason="length"} 1.0' in text
     assert "chat_connections 1.0" in text
-    assert "chat_active_streams 0.0" in text
+    assert 'chat_active_streams{transport="socketio"} 0.0' in text
     assert "chat_ttft_seconds_count 1.0" in text
 
 

@@ -1,5 +1,6 @@
 """The OpenAI test server, driven over real HTTP by the official openai package."""
 
+import base64
 import itertools
 import json
 import socket
@@ -15,7 +16,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from tests.openai_server import build_reasoning, build_reply
+from tests.openai_server import build_reasoning, build_reply, split_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "test-model"
@@ -653,3 +654,21 @@ def test_whole_completion_carries_the_reasoning(client):
     assert message.content == "".join(build_reply(ask("whole thought"), 30))
     assert completion.usage.completion_tokens == 35
     assert completion.usage.completion_tokens_details.reasoning_tokens == 5
+
+
+def test_reply_directive_streams_the_given_text_piece_by_piece(client):
+    text = "Some *markdown*:\n\n```python\nprint(1)\n```\n\n$$\nx^2\n$$\n"
+    encoded = base64.b64encode(text.encode()).decode()
+    chunks = list(stream(client, f"say this [[reply:{encoded}]] [[tokens:3]]"))
+
+    pieces = [c.choices[0].delta.content for c in content_chunks(chunks)]
+    assert pieces == split_reply(text)
+    assert pieces[:3] == ["Some", " *markdown*:", "\n\n```python"]
+    assert "".join(pieces) == text
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage.completion_tokens == len(pieces)
+
+
+def test_reply_directive_that_is_not_base64_is_a_bad_request(client):
+    with pytest.raises(openai.BadRequestError, match="base64"):
+        stream(client, "say this [[reply:not base64!]]")

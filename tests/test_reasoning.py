@@ -7,20 +7,18 @@ import pytest
 from app.providers.demo import compose, compose_reasoning, split_tokens
 from client import ChatClient
 
-from .conftest import SYSTEM_PROMPT, Recorder, Relay, relay_env, upstream_text
+from .conftest import (
+    SYSTEM_PROMPT,
+    Recorder,
+    Relay,
+    relay_env,
+    upstream_reasoning,
+    upstream_text,
+)
 from .openai_server import build_reasoning
 from .test_resume import contiguous
 
 FORMATS = ["reasoning_content", "reasoning", "think"]
-
-
-def upstream_reasoning(prompt: str, words: int) -> str:
-    """The reasoning text the test server streams for ``prompt`` behind the relay."""
-    messages = [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": prompt},
-    ]
-    return "".join(build_reasoning(messages, words))
 
 
 def texts(client: Recorder, request_id: str) -> tuple[str, str]:

@@ -41,6 +41,7 @@ def web_url(web_dist, tmp_session) -> Iterator[str]:
             # the per-client limits; these tests are not about those limits.
             "CHATS_PER_MINUTE": "1000",
             "MAX_STREAMS_PER_IDENTITY": "100",
+            "HANDSHAKES_PER_MINUTE": "10000",
             "WEB_DIST_DIR": str(web_dist),
             "PYTHONUNBUFFERED": "1",
         },
@@ -80,7 +81,8 @@ def browser():
 
 @pytest.fixture
 def new_page(browser, web_url):
-    """Opens pages, each in a new context unless given one; fails on page errors."""
+    """Opens pages (a path on the demo server, or any absolute URL), each in a new
+    context unless given one; fails on page errors."""
     contexts = []
     errors: list[str] = []
 
@@ -92,7 +94,7 @@ def new_page(browser, web_url):
         page = context.new_page()
         page.set_default_timeout(10_000)
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(web_url + path)
+        page.goto(path if "://" in path else web_url + path)
         return page
 
     yield open_page

@@ -1,4 +1,5 @@
 import { useCallback } from 'react';
+import ConnectionNotice from './components/ConnectionNotice.jsx';
 import ConnectionState from './components/ConnectionState.jsx';
 import Composer from './components/Composer.jsx';
 import ModelChooser from './components/ModelChooser.jsx';
@@ -29,7 +30,7 @@ function Welcome({ onPick, disabled }) {
 }
 
 export default function App() {
-  const { messages, streaming, connection, send, stop, regenerate, newChat } = useChat();
+  const { messages, streaming, connection, notice, send, stop, regenerate, newChat } = useChat();
   const connected = connection === 'connected';
   const { models, model, choose } = useModels(connected);
   // Every question, and every regenerate or retry, goes to the model chosen at that moment.
@@ -61,6 +62,7 @@ export default function App() {
           </button>
         </nav>
       </header>
+      <ConnectionNotice text={notice} />
       <Transcript
         messages={messages}
         streaming={streaming}

@@ -4,6 +4,8 @@ import { createElement as h } from 'react';
 import { renderToStaticMarkup } from 'react-dom/server';
 import { describe, expect, test } from 'vitest';
 import AnswerMeta from './components/AnswerMeta.jsx';
+import ConnectionNotice from './components/ConnectionNotice.jsx';
+import ConnectionState from './components/ConnectionState.jsx';
 import Message from './components/Message.jsx';
 import ModelChooser from './components/ModelChooser.jsx';
 import ThinkingBlock from './components/ThinkingBlock.jsx';
@@ -113,4 +115,14 @@ test('the model chooser: a labelled select when there is a choice, nothing other
   expect(html).toContain('<option value="demo-reasoning" selected="">demo-reasoning</option>');
   expect(render(ModelChooser, { models: ['demo'], value: 'demo', onChange: () => {} })).toBe('');
   expect(render(ModelChooser, { models: [], value: null, onChange: () => {} })).toBe('');
+});
+
+test('a refused connection: the state says so and the notice says why', () => {
+  expect(render(ConnectionState, { state: 'refused' })).toContain('data-state="refused" role="status">');
+  expect(render(ConnectionState, { state: 'refused' })).toContain('Refused</span>');
+  const text = 'The server is full. Retrying…';
+  expect(render(ConnectionNotice, { text })).toBe(
+    `<p class="connection-notice" role="alert" data-testid="connection-notice">${text}</p>`,
+  );
+  expect(render(ConnectionNotice, { text: null })).toBe('');
 });

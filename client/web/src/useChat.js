@@ -3,6 +3,7 @@
 // what it returns as props.
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { createFrameBuffer } from './frameBuffer.js';
+import { refusalOf } from './refusal.js';
 import { listen, resumeGaps, socket } from './socket.js';
 import {
   applyError,
@@ -66,6 +67,8 @@ function connectionNow() {
 export function useChat() {
   const [messages, setMessages] = useState(loadTranscript);
   const [connection, setConnection] = useState(connectionNow);
+  // Why the server refused the last connection attempt (refusal.js), until one succeeds.
+  const [refusal, setRefusal] = useState(null);
   // The transcript's source of truth, readable synchronously by send/stop/regenerate;
   // React state mirrors it for rendering.
   const current = useRef(messages);
@@ -85,6 +88,7 @@ export function useChat() {
 
     function onConnect() {
       setConnection('connected');
+      setRefusal(null);
       // Answers cut off by a dropped connection or a reload continue where they stopped:
       // the server keeps them for a grace window and replays the chunks after `after`.
       for (const { id, token, after } of resumeRequests(current.current)) {
@@ -113,8 +117,14 @@ export function useChat() {
       );
       setConnection(socket.active ? 'reconnecting' : 'offline');
     }
-    function onConnectError() {
-      setConnection(socket.active ? 'reconnecting' : 'offline');
+    function onConnectError(error) {
+      const refused = refusalOf(error);
+      // socket.io-client goes on retrying a refused handshake, with backoff: right for
+      // server_full, pointless for a code that retrying cannot fix.
+      if (refused && !refused.retryable) socket.disconnect();
+      setRefusal(refused);
+      if (socket.active) setConnection('reconnecting');
+      else setConnection(refused ? 'refused' : 'offline');
     }
     // Stamped on arrival: the frame that applies them comes a little later.
     function onChunk(payload) {
@@ -250,5 +260,6 @@ export function useChat() {
     commit([]);
   }, [commit, stop]);
 
-  return { messages, streaming, connection, send, stop, regenerate, newChat };
+  const notice = refusal ? refusal.text : null;
+  return { messages, streaming, connection, notice, send, stop, regenerate, newChat };
 }

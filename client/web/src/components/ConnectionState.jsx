@@ -3,9 +3,11 @@ const LABELS = {
   connected: 'Connected',
   reconnecting: 'Reconnecting…',
   offline: 'Offline',
+  refused: 'Refused',
 };
 
-/** A dot and a word for the socket's state: connecting, connected, reconnecting or offline. */
+/** A dot and a word for the socket's state: connecting, connected, reconnecting, offline or
+ * refused. */
 export default function ConnectionState({ state }) {
   return (
     <span className={`connection ${state}`} data-testid="connection-state" data-state={state} role="status">

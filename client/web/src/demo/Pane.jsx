@@ -45,6 +45,11 @@ function Pane({ pane }) {
           </span>
         )}
       </header>
+      {pane.notice && (
+        <p className="connection-notice" role="alert">
+          {pane.notice}
+        </p>
+      )}
       {pane.prompt && <p className="pane-prompt">{pane.prompt}</p>}
       <div className="pane-body" ref={body} data-testid="pane-answer">
         {answer ? (

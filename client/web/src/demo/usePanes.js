@@ -4,6 +4,7 @@
 // receives and compares it with the ids it sent: that is the isolation check.
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { createFrameBuffer } from '../frameBuffer.js';
+import { refusalOf } from '../refusal.js';
 import { createSocket, listen, resumeGaps } from '../socket.js';
 import {
   applyEvents,
@@ -27,6 +28,7 @@ function emptyPane(key) {
   return {
     key,
     connection: 'connecting',
+    notice: null, // why the server refused the connection (refusal.js)
     sid: null,
     prompt: null,
     answer: null, // the current request's assistant message (see streamState.js)
@@ -115,7 +117,7 @@ export function usePanes(initialCount = 4) {
       const push = (type, payload) => frames.current?.push({ key, type, payload, at: performance.now() });
 
       function onConnect() {
-        update(key, (pane) => ({ ...pane, connection: 'connected', sid: socket.id }));
+        update(key, (pane) => ({ ...pane, connection: 'connected', notice: null, sid: socket.id }));
       }
       function onDisconnect() {
         frames.current?.flush();
@@ -131,8 +133,12 @@ export function usePanes(initialCount = 4) {
             : null,
         }));
       }
-      function onConnectError() {
-        update(key, (pane) => ({ ...pane, connection: socket.active ? 'reconnecting' : 'offline' }));
+      function onConnectError(error) {
+        const refused = refusalOf(error);
+        // As on the chat page: retried with backoff only when retrying can help.
+        if (refused && !refused.retryable) socket.disconnect();
+        const connection = socket.active ? 'reconnecting' : refused ? 'refused' : 'offline';
+        update(key, (pane) => ({ ...pane, connection, notice: refused ? refused.text : null }));
       }
       function onChunk(payload) {
         push('chunk', payload);
