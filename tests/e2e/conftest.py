@@ -23,10 +23,11 @@ def web_dist() -> Path:
     return ROOT / "client" / "web" / "dist"
 
 
-@pytest.fixture(scope="session")
-def web_url(web_dist, tmp_session) -> Iterator[str]:
-    """The service (python wsgi.py) on the demo model, paced slowly enough to watch,
-    in the default async mode."""
+def serve_page(
+    tmp_session: Path, web_dist: Path, name: str, env: dict[str, str]
+) -> Iterator[str]:
+    """Run the service (python wsgi.py) on the demo model, serving the built page, in
+    the default async mode with ``env``; yield its URL, then stop it."""
     port = free_port()
     server = ServerProcess(
         [sys.executable, "wsgi.py"],
@@ -35,17 +36,11 @@ def web_url(web_dist, tmp_session) -> Iterator[str]:
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "LLM_PROVIDER": "demo",
-            "DEMO_TTFT": "0.2",
-            "DEMO_TOKENS_PER_SECOND": "40",
-            # Every page connects from 127.0.0.1, so the whole run is one identity to
-            # the per-client limits; these tests are not about those limits.
-            "CHATS_PER_MINUTE": "1000",
-            "MAX_STREAMS_PER_IDENTITY": "100",
-            "HANDSHAKES_PER_MINUTE": "10000",
             "WEB_DIST_DIR": str(web_dist),
             "PYTHONUNBUFFERED": "1",
+            **env,
         },
-        tmp_session / f"web-{port}.log",
+        tmp_session / f"{name}-{port}.log",
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -53,6 +48,25 @@ def web_url(web_dist, tmp_session) -> Iterator[str]:
         yield url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def web_url(web_dist, tmp_session) -> Iterator[str]:
+    """The service on the demo model, paced slowly enough to watch."""
+    yield from serve_page(
+        tmp_session,
+        web_dist,
+        "web",
+        {
+            "DEMO_TTFT": "0.2",
+            "DEMO_TOKENS_PER_SECOND": "40",
+            # Every page connects from 127.0.0.1, so the whole run is one identity to
+            # the per-client limits; these tests are not about those limits.
+            "CHATS_PER_MINUTE": "1000",
+            "MAX_STREAMS_PER_IDENTITY": "100",
+            "HANDSHAKES_PER_MINUTE": "10000",
+        },
+    )
 
 
 @pytest.fixture(scope="session")

@@ -3,41 +3,24 @@ server until there is room, and stops at a refusal that retrying cannot fix."""
 
 import http.client
 import json
-import sys
 from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import DEFAULT_ASYNC_MODE, ServerProcess, free_port
-
+from .conftest import serve_page
 from .pages import wait_connected
 
 
 @pytest.fixture
 def few_seats(tmp_session, web_dist) -> Iterator[str]:
     """python wsgi.py taking two connections in all, and one per user."""
-    port = free_port()
-    server = ServerProcess(
-        [sys.executable, "wsgi.py"],
-        {
-            "ASYNC_MODE": DEFAULT_ASYNC_MODE,
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "LLM_PROVIDER": "demo",
-            "MAX_CONNECTIONS": "2",
-            "MAX_CONNECTIONS_PER_IDENTITY": "1",
-            "WEB_DIST_DIR": str(web_dist),
-            "PYTHONUNBUFFERED": "1",
-        },
-        tmp_session / f"one-seat-{port}.log",
+    yield from serve_page(
+        tmp_session,
+        web_dist,
+        "one-seat",
+        {"MAX_CONNECTIONS": "2", "MAX_CONNECTIONS_PER_IDENTITY": "1"},
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        server.wait_http(url + "/healthz")
-        yield url
-    finally:
-        server.stop()
 
 
 def polling_session(url: str, method: str = "GET", sid: str | None = None) -> str:
