@@ -215,7 +215,30 @@ class SioClient:
             self.reader.cancel()
 
 
-class SseClient:
+class _HttpStreaming:
+    """A client whose stream is one HTTP request read to its end (``_stream``): a
+    stream that times out or breaks is recorded so, and its connection closed."""
+
+    async def stream(self, job: Job, record: StreamRecord) -> None:
+        try:
+            await asyncio.wait_for(self._stream(job, record), job.stream_timeout)
+        except TimeoutError:
+            record.finish = record.finish or "timeout"
+            await self.close()
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            record.finish = record.finish or f"closed:{type(exc).__name__}"
+            await self.close()
+        if record.end is None:
+            record.end = time.monotonic()
+
+    async def _stream(self, job: Job, record: StreamRecord) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class SseClient(_HttpStreaming):
     """A keep-alive HTTP/1.1 connection that POSTs a chat and reads its SSE reply.
 
     Handles chunked, Content-Length and close-delimited bodies: uvicorn and gunicorn
@@ -231,18 +254,6 @@ class SseClient:
 
     async def connect(self) -> None:
         pass  # connections open at the first stream, as a browser's would
-
-    async def stream(self, job: Job, record: StreamRecord) -> None:
-        try:
-            await asyncio.wait_for(self._stream(job, record), job.stream_timeout)
-        except TimeoutError:
-            record.finish = record.finish or "timeout"
-            await self.close()
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            record.finish = record.finish or f"closed:{type(exc).__name__}"
-            await self.close()
-        if record.end is None:
-            record.end = time.monotonic()
 
     async def _stream(self, job: Job, record: StreamRecord) -> None:
         if self.writer is None or self.writer.is_closing():
@@ -375,7 +386,7 @@ class OpenAIClient:
             OpenAIClient._shared = None
 
 
-class OpenAIHttpClient:
+class OpenAIHttpClient(_HttpStreaming):
     """The ``openai`` client's request, read with raw HTTP/1.1 on a keep-alive
     connection: each socket read's bytes are split into HTTP chunks and SSE events
     at once, and each event's ``choices[0].delta.content`` is taken from its JSON.
@@ -442,18 +453,6 @@ class OpenAIHttpClient:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value)
-
-    async def stream(self, job: Job, record: StreamRecord) -> None:
-        try:
-            await asyncio.wait_for(self._stream(job, record), job.stream_timeout)
-        except TimeoutError:
-            record.finish = record.finish or "timeout"
-            await self.close()
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            record.finish = record.finish or f"closed:{type(exc).__name__}"
-            await self.close()
-        if record.end is None:
-            record.end = time.monotonic()
 
     async def _stream(self, job: Job, record: StreamRecord) -> None:
         kept = await self._open()
