@@ -60,8 +60,8 @@ class Config:
     DEMO_TTFT = _float("DEMO_TTFT", 0.4)
     DEMO_TOKENS_PER_SECOND = _float("DEMO_TOKENS_PER_SECOND", 40)
 
-    # Each stream sends at most one chunk event per this window, and reads its model
-    # at most once per window (app/pacing.py); 0 turns it off.
+    # Each stream sends one chunk event per this window, and reads its model once per
+    # window, on a clock shared by all streams (app/pacing.py); 0 turns it off.
     COALESCE_WINDOW_MS = _float("COALESCE_WINDOW_MS", 40)
 
     # Resume

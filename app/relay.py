@@ -8,8 +8,8 @@ is sent after that. Chunks are kept, so a client that lost its connection can
 
 A generation reads the model a batch at a time (``providers.base``). After each chunk
 event it sends, it waits out the coalescing window (``pacing.py``) before it reads
-again, so a stream sends at most one event per window and the text that came meanwhile
-rides in the next one: fewer reads, fewer frames, the same text.
+again, so a stream sends one event per window and the text that came meanwhile rides
+in the next one: fewer reads, fewer frames, the same text.
 """
 
 import logging
@@ -91,6 +91,7 @@ class Relay:
             socketio.start_background_task,
             socketio.sleep,
             lambda: socketio.server.eio.create_event(),
+            self.window,
         )
         self.forwarding = None
         if cluster is not None:

@@ -478,6 +478,12 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.service.connections.add(self)
+        # asyncio sets TCP_NODELAY only on sockets made with proto=IPPROTO_TCP, and
+        # socket.create_server's are not: without it, Nagle holds each chunk until
+        # the reader's delayed ACK (~40 ms), as no streaming model server does.
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data

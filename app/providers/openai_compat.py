@@ -27,7 +27,7 @@ from ..protocol import ChatRequest
 from .base import ANSWER, REASONING, Abort, Batch, Result, UpstreamError, Usage
 from .reasoning import ThinkTags
 from .sse import EventSplitter
-from .transport import StreamingTransport
+from .transport import StreamingTransport, reads
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class OpenAIProvider:
         # Closing the response, also when the caller closes this generator early, ends
         # the upstream HTTP response: that is what stops generation and billing.
         try:
-            for data in opened.response.iter_bytes():
+            for data in reads(opened.response):
                 batch: Batch = []
                 for kind, payload in splitter.feed(data):
                     if payload[:6] == b"[DONE]":
