@@ -16,22 +16,25 @@ its request set ``background: true``: then it runs on for ``RESUME_GRACE_SECONDS
 from __future__ import annotations
 
 import json
+import logging
 import math
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from . import socketio
 from .auth import Unauthorized, identify
-from .delivery import HTTP_SID_PREFIX
+from .delivery import HTTP_SID_PREFIX, origin_allowed
 from .openai_format import Completion, error_body, parse_body, status_of
 from .protocol import ProtocolError
 from .providers.base import REASONING, Kind
 from .relay import Relay
 
 bp = Blueprint("openai_api", __name__)
+log = logging.getLogger(__name__)
 
 STREAM_ID_HEADER = "Chatstream-Stream-Id"
 RESUME_TOKEN_HEADER = "Chatstream-Resume-Token"
@@ -80,13 +83,10 @@ def _new_sid(relay: Relay) -> str:
 def _check_origin() -> None:
     """Refuse a browser whose origin may not use Socket.IO here either."""
     origin = request.headers.get("Origin")
-    if origin is not None:
-        # The rule Engine.IO applies to Socket.IO connections, from the same setting.
-        allowed = socketio.server.eio._cors_allowed_origins(request.environ)
-        if allowed != "*" and origin not in allowed:
-            raise ProtocolError(
-                "forbidden_origin", f"origin: {origin!r} may not use this server"
-            )
+    if origin is not None and not origin_allowed(socketio, request.environ, origin):
+        raise ProtocolError(
+            "forbidden_origin", f"origin: {origin!r} may not use this server"
+        )
 
 
 def _client() -> str:
@@ -110,6 +110,16 @@ def _refused(exc: ProtocolError) -> Response:
     if status in (429, 503):
         response.headers["Retry-After"] = str(math.ceil(exc.retry_after or 1))
     return response
+
+
+@bp.errorhandler(Exception)
+def _failed(exc: Exception) -> Response | HTTPException:
+    """A fault in this server, in OpenAI's shape like every other error; what
+    went wrong goes to the log only."""
+    if isinstance(exc, HTTPException):
+        return exc
+    log.exception("%s %s failed", request.method, request.path, exc_info=exc)
+    return _refused(ProtocolError("internal", "the server failed; see its log"))
 
 
 @bp.after_request

@@ -527,3 +527,37 @@ def test_the_chat_rate_counts_both_transports(guarded):
     finally:
         sio.close()
     wait_until(lambda: guarded.health()["live_streams"] == 0, what="no streams")
+
+
+@pytest.fixture(scope="module")
+def any_origin(tmp_session, upstream) -> Iterator[Relay]:
+    """A relay that lets a browser at any origin in (``CORS_ALLOWED_ORIGINS=*``)."""
+    server = Relay(
+        tmp_session,
+        DEFAULT_ASYNC_MODE,
+        relay_env(upstream, CORS_ALLOWED_ORIGINS="*"),
+    )
+    yield server
+    server.quit()
+
+
+def test_any_origin_when_the_setting_says_so(any_origin):
+    origin = "https://anywhere.example"
+    handshake = requests.get(
+        any_origin.url + "/socket.io/?EIO=4&transport=polling",
+        headers={"Origin": origin},
+        timeout=5,
+    )
+    assert handshake.status_code == 200
+    preflight = requests.options(
+        any_origin.url + "/v1/chat/completions", headers={"Origin": origin}, timeout=5
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == origin
+    prompt = "from anywhere [[tokens:5]]"
+    client = client_for(any_origin, default_headers={"Origin": origin})
+    stream = client.chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": prompt}], stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == upstream_text(prompt, 5)
