@@ -2,27 +2,31 @@
 refused handshakes and connects carry their codes, one address cannot lock others
 out, and a client that stops reading is closed without growing the worker."""
 
-import base64
-import http.client
 import json
-import os
-import re
-import socket
 import sys
-import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import socketio
 
 from app import create_app
 from app import socketio as server_socketio
-from bench.procstat import children, status_kb
+from bench.procstat import status_kb
 from client import ChatClient, ChatConnectionError
 
+from .clients import (
+    Polling,
+    RawSocketIO,
+    bound_socket,
+    healthz,
+    metric,
+    refusals,
+    sessions,
+    sio_from,
+    wait_sessions,
+    worker_pid,
+)
 from .conftest import (
-    Recorder,
     Relay,
     ServerProcess,
     free_port,
@@ -56,102 +60,6 @@ def guarded(async_mode, tmp_session, upstream) -> Iterator[Relay]:
     server = Relay(tmp_session, async_mode, env)
     yield server
     server.quit()
-
-
-# -- clients from an address of their own ----------------------------------------------
-
-
-def bound_socket(url: str, address: str, **options: int) -> socket.socket:
-    """A TCP connection to ``url`` from ``address``; ``options`` are socket options
-    set before connecting (``rcvbuf``, ``maxseg``)."""
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    if "rcvbuf" in options:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, options["rcvbuf"])
-    if "maxseg" in options:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, options["maxseg"])
-    sock.settimeout(10)
-    sock.bind((address, 0))
-    sock.connect((host, int(port)))
-    return sock
-
-
-def sio_from(url: str, address: str, **connect: Any) -> Recorder:
-    """A recording Socket.IO client (WebSocket only) connected from ``address``."""
-    return Recorder(
-        url,
-        client_options={
-            "websocket_extra_options": {"socket": bound_socket(url, address)}
-        },
-        transports=["websocket"],
-        **connect,
-    )
-
-
-class Polling:
-    """One long-polling Engine.IO handshake from ``address``: its HTTP status,
-    ``Retry-After`` and refusal body, and the session it opened (ended by
-    ``close``)."""
-
-    def __init__(self, url: str, address: str):
-        self.url = url
-        self.address = address
-        response, body = self._request("GET", "/socket.io/?EIO=4&transport=polling")
-        self.status = response.status
-        self.retry_after = response.getheader("Retry-After")
-        # An OPEN packet ("0{...}") when accepted, the refusal's JSON otherwise.
-        self.sid = json.loads(body[1:])["sid"] if self.status == 200 else None
-        self.body = json.loads(body) if self.status != 200 else None
-
-    def _request(self, method: str, path: str, body: bytes | None = None):
-        host, port = self.url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(
-            host, int(port), timeout=10, source_address=(self.address, 0)
-        )
-        try:
-            conn.request(method, path, body=body)
-            response = conn.getresponse()
-            return response, response.read().decode()
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        """End the session (Engine.IO's CLOSE packet), as a leaving client does."""
-        if self.sid is not None:
-            path = f"/socket.io/?EIO=4&transport=polling&sid={self.sid}"
-            assert self._request("POST", path, b"1")[0].status == 200
-            self.sid = None
-
-
-def metric(server: Relay, name: str, labels: str = "") -> float:
-    """A sample of the relay's /metrics (0 when it has none yet)."""
-    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    pattern = re.escape(name + (f"{{{labels}}}" if labels else "")) + r" (\S+)"
-    found = re.search(rf"^{pattern}$", text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
-def sessions(server: Relay) -> int:
-    return int(metric(server, "chat_engineio_sessions"))
-
-
-def wait_sessions(server: Relay, count: int) -> None:
-    """Wait until the relay holds ``count`` Engine.IO sessions: a client's leaving
-    reaches it a moment after the client is done with it."""
-    wait_until(
-        lambda: sessions(server) == count,
-        what=f"{count} open sessions (now {sessions(server)})",
-    )
-
-
-def refusals(server: Relay, code: str) -> float:
-    return metric(server, "chat_connections_refused_total", f'code="{code}"')
-
-
-def healthz(url: str) -> int:
-    with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
-        return response.status
 
 
 # -- limits per address and per identity -----------------------------------------------
@@ -349,97 +257,6 @@ def test_plain_gunicorn_command_is_capped_below_its_worker(async_mode, tmp_sessi
 
 
 # -- a client that stops reading -------------------------------------------------------
-
-
-class RawSocketIO:
-    """A Socket.IO client over a raw WebSocket, written by hand so that it can stop
-    reading: with a small receive buffer and segment size the kernel holds little for
-    it, and what the server cannot send waits in the server's own buffer."""
-
-    def __init__(self, url: str, address: str, connect: bool = True, **options: int):
-        self.sock = bound_socket(url, address, **options)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            (
-                "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
-                f"Host: {url.removeprefix('http://')}\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        self.buffer = b""
-        while b"\r\n\r\n" not in self.buffer:
-            self.buffer += self.sock.recv(4096)
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"HTTP/1.1 101"), head
-        self.packets: list[str] = []
-        self.next_packet()  # Engine.IO's OPEN
-        if connect:
-            self.send("40")
-            assert self.next_packet().startswith("40")
-
-    def send(self, text: str) -> None:
-        """A client's (masked) text frame."""
-        payload = text.encode()
-        mask = os.urandom(4)
-        size = len(payload)
-        header = b"\x81" + (
-            bytes((0x80 | size,))
-            if size < 126
-            else b"\xfe" + size.to_bytes(2, "big")
-            if size < 65536
-            else b"\xff" + size.to_bytes(8, "big")
-        )
-        masked = bytes(b ^ mask[n % 4] for n, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
-
-    def next_packet(self) -> str:
-        while True:
-            packet = self._parse()
-            if packet is not None:
-                self.packets.append(packet)
-                return packet
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError("the server closed the connection")
-            self.buffer += data
-
-    def drain(self) -> None:
-        """Read what is left, to the end of the connection; a frame cut off by the
-        close is not a packet."""
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except ConnectionResetError:
-                data = b""
-            if not data:
-                break
-            self.buffer += data
-        while (packet := self._parse()) is not None:
-            self.packets.append(packet)
-
-    def _parse(self) -> str | None:
-        data = self.buffer
-        if len(data) < 2:
-            return None
-        size, start = data[1] & 0x7F, 2
-        if size == 126:
-            size, start = int.from_bytes(data[2:4], "big"), 4
-        elif size == 127:
-            size, start = int.from_bytes(data[2:10], "big"), 10
-        if len(data) < start + size:
-            return None
-        self.buffer = data[start + size :]
-        return data[start : start + size].decode()
-
-    def events(self, name: str) -> list[dict]:
-        prefix = f'42["{name}",'
-        return [json.loads(p[2:])[1] for p in self.packets if p.startswith(prefix)]
-
-
-def worker_pid(server: Relay) -> int:
-    (worker,) = children(server.process.proc.pid)
-    return worker
 
 
 def test_client_that_stops_reading_is_closed_and_resumes_the_exact_rest(guarded):
