@@ -26,8 +26,12 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     from . import events, tokens  # noqa: F401  (registers the Socket.IO handlers)
     from .admission import Admission
-    from .delivery import TextPacket, install_websocket_writer
+    from .delivery import WebSocketWriters
+    from .http_limits import HttpLimits
+    from .inbound import Inbound
+    from .internals import TextPacket, drop_malformed, install_websockets
     from .openai_api import bp as openai_api
+    from .origins import Origins
     from .providers import make_provider
     from .relay import Relay
     from .web import bp
@@ -53,25 +57,35 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     if queue:
         # python-socketio's Redis manager speaks JSON, never pickle.
         options = {"message_queue": queue, "channel": "chatstream"}
+    origins = app.extensions["origins"] = Origins(app.config)
     socketio.init_app(
         app,
         async_mode=app.config["ASYNC_MODE"],
-        # None means same-origin only; never "*" unless configured so.
-        cors_allowed_origins=app.config["CORS_ALLOWED_ORIGINS"] or None,
+        # The page's own origin, on an allowed host, and CORS_ALLOWED_ORIGINS.
+        cors_allowed_origins=origins.allowed,
         max_http_buffer_size=app.config["MAX_MESSAGE_BYTES"],
         serializer=TextPacket,
         # Handlers use no Flask session: do not copy one for every event.
         manage_session=False,
         **options,
     )
+    # What clients send on Engine.IO, bounded as it arrives (app/inbound.py).
+    inbound = Inbound(app.config, app.extensions["relay"].metrics)
+    app.wsgi_app = inbound.middleware(app.wsgi_app, socketio)
+    drop_malformed(socketio, inbound.malformed)
     # Admission first: a refused handshake costs nothing else (app/admission.py).
     admission = Admission(app.config, app.extensions["relay"].metrics)
     admission.watch(socketio.server.eio)
     app.extensions["admission"] = admission
     app.wsgi_app = admission.middleware(_without_websocket_compression(app.wsgi_app))
-    install_websocket_writer(
-        socketio, app.config["MAX_QUEUED_BYTES"], app.extensions["relay"].slow_client
+    app.wsgi_app = HttpLimits(app.config, admission).middleware(app.wsgi_app)
+    app.wsgi_app = origins.middleware(app.wsgi_app)  # outermost: before admission
+    writers = WebSocketWriters(
+        app.config["MAX_QUEUED_BYTES"],
+        socketio.start_background_task,
+        app.extensions["relay"].slow_client,
     )
+    install_websockets(socketio, writers, inbound)
     if cluster is not None:
         cluster.start()
     tokens.warm_up()

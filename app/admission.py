@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import sys
 import threading
 import time
 import urllib.parse
@@ -42,9 +40,10 @@ from limits import parse as parse_limit
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from .auth import client_address
+from .errors import RETRYABLE
+from .internals import ReapedMemoryStorage, served_capacity, watch_sessions
 from .metrics import Metrics
-from .protocol import RETRYABLE
-from .relay import ReapedMemoryStorage
+from .origins import Origins
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ class Admission:
         self.max_sessions: int = config["MAX_CONNECTIONS"]
         self.max_per_address: int = config["MAX_CONNECTIONS_PER_ADDRESS"]
         self.trusted_proxies: list[str] = config["TRUSTED_PROXIES"]
-        self.cors_origins: list[str] = config["CORS_ALLOWED_ORIGINS"]
+        self.origins = Origins(config)
         self.rate = parse_limit(f"{config['HANDSHAKES_PER_MINUTE']}/minute")
         self.limiter = SlidingWindowCounterRateLimiter(ReapedMemoryStorage())
         self.identities = IdentityConnections(config["MAX_CONNECTIONS_PER_IDENTITY"])
@@ -180,6 +179,30 @@ class Admission:
             if held > 0:
                 self._per_address[address] = held
 
+    # -- HTTP requests whose body is arriving (app/http_limits.py) --------------------
+
+    def take_request(self, address: str) -> Refusal | None:
+        """An HTTP request whose body is still arriving holds a place of its
+        address, beside its sessions, until ``release_request``."""
+        with self._lock:
+            held = self._per_address.get(address, 0)
+            if held >= self.max_per_address:
+                return Refusal(
+                    "429 Too Many Requests",
+                    "too_many_connections",
+                    f"this address already holds {self.max_per_address} connections; "
+                    "close one first",
+                    _RETRY_SECONDS,
+                )
+            self._per_address[address] = held + 1
+        return None
+
+    def release_request(self, address: str) -> None:
+        with self._lock:
+            held = self._per_address.pop(address, 0) - 1
+            if held > 0:
+                self._per_address[address] = held
+
     def _within_rate(self, address: str) -> bool:
         now = time.monotonic()
         if now - self._expired_at > _EXPIRE_SECONDS:
@@ -197,7 +220,7 @@ class Admission:
             ("Retry-After", str(refusal.retry_after)),
         ]
         origin = environ.get("HTTP_ORIGIN")
-        if origin and origin in self.cors_origins:
+        if self.origins.allowed(origin, environ):
             # Else a page on an allowed origin could not read why it was refused.
             headers += [
                 ("Access-Control-Allow-Origin", origin),
@@ -211,28 +234,20 @@ class Admission:
     def watch(self, eio: Any) -> None:
         """Hand each handshake's place to the Engine.IO session made of it, and free
         it when that session ends."""
-        on_connect = eio.handlers["connect"]
-        on_disconnect = eio.handlers["disconnect"]
+        watch_sessions(eio, self._session_opened, self._session_closed)
 
-        def connect(sid: str, environ: dict[str, Any], *args: Any) -> Any:
-            accepted = on_connect(sid, environ, *args)
-            ticket = environ.get(_TICKET)
-            # Any other answer makes Engine.IO drop the session unannounced.
-            if ticket is not None and (accepted is None or accepted is True):
-                with self._lock:
-                    self._sessions[sid] = ticket.address
-                ticket.sid = sid
-            return accepted
-
-        def disconnect(sid: str, *args: Any) -> Any:
+    def _session_opened(self, sid: str, environ: dict[str, Any]) -> None:
+        ticket = environ.get(_TICKET)
+        if ticket is not None:
             with self._lock:
-                address = self._sessions.pop(sid, None)
-            if address is not None:
-                self._release(address)
-            return on_disconnect(sid, *args)
+                self._sessions[sid] = ticket.address
+            ticket.sid = sid
 
-        eio.on("connect", connect)
-        eio.on("disconnect", disconnect)
+    def _session_closed(self, sid: str) -> None:
+        with self._lock:
+            address = self._sessions.pop(sid, None)
+        if address is not None:
+            self._release(address)
 
 
 class IdentityConnections:
@@ -281,26 +296,3 @@ def _derived_max_sessions() -> int:
     limit = max(1, capacity - max(1, capacity // 10))
     log.info("at most %d open connections, 90%% of %d (%s)", limit, capacity, source)
     return limit
-
-
-def served_capacity() -> tuple[int, str] | None:
-    """How many connections the gunicorn worker serving this process holds at once,
-    and which setting says so; None when it is not gunicorn's worker.
-
-    gunicorn installs its signal handlers, bound methods of its worker, before the
-    worker loads the app or serves a request, and the app never replaces SIGQUIT's:
-    that handler's owner is the running worker with its effective settings, however
-    they were given (a config file, the command line, ``GUNICORN_CMD_ARGS``)."""
-    if "gunicorn" not in sys.modules:
-        return None
-    from gunicorn.workers.base_async import AsyncWorker
-    from gunicorn.workers.gthread import ThreadWorker
-
-    worker = getattr(signal.getsignal(signal.SIGQUIT), "__self__", None)
-    if isinstance(worker, ThreadWorker):
-        # A WebSocket holds one of the threads for as long as it is open.
-        cfg = worker.cfg
-        return min(cfg.threads, cfg.worker_connections), "gunicorn's threads"
-    if isinstance(worker, AsyncWorker):
-        return worker.cfg.worker_connections, "gunicorn's worker_connections"
-    return None

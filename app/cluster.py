@@ -23,8 +23,8 @@ from typing import Any
 
 import redis
 
-from .protocol import ProtocolError
-from .providers.base import ANSWER, REASONING, Piece
+from .errors import ProtocolError
+from .providers.base import ANSWER, REASONING, REFUSAL, Piece
 from .streams import Event, MemoryStreamStore, Stream
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,23 @@ REPLY_TIMEOUT_SECONDS = 3.0
 
 
 # Each mirrored chunk is its text behind one letter naming its kind.
-_KIND_LETTER = {ANSWER: "a", REASONING: "r"}
+# A mirrored chunk is one string: a letter for its kind, then its text; a piece
+# that is more than text (a tool call's fragment, text with log probabilities) is
+# "j" and the piece as JSON.
+_KIND_LETTER = {ANSWER: "a", REASONING: "r", REFUSAL: "f"}
 _LETTER_KIND = {letter: kind for kind, letter in _KIND_LETTER.items()}
+
+
+def _mirrored(piece: Piece) -> str:
+    if len(piece) == 2 and piece[0] in _KIND_LETTER:
+        return _KIND_LETTER[piece[0]] + piece[1]
+    return "j" + json.dumps(piece, separators=(",", ":"))
+
+
+def _piece(entry: str) -> Piece:
+    if entry[0] == "j":
+        return tuple(json.loads(entry[1:]))
+    return (_LETTER_KIND[entry[0]], entry[1:])
 
 
 @dataclass(frozen=True)
@@ -186,7 +201,7 @@ class ClusterStreamStore(MemoryStreamStore):
                 # whole, never appended to twice.
                 pipe.delete(key + ":c")
             if parts:
-                pipe.rpush(key + ":c", *(_KIND_LETTER[k] + t for k, t in parts))
+                pipe.rpush(key + ":c", *(_mirrored(piece) for piece in parts))
             pipe.hset(key, mapping=meta)
             pipe.expire(key, ttl)
             pipe.expire(key + ":c", ttl)
@@ -215,9 +230,9 @@ class ClusterStreamStore(MemoryStreamStore):
         return Mirror.parse(meta) if meta else None
 
     def mirrored_chunks(self, token: str, after: int) -> list[Piece]:
-        """The mirrored chunks after seq ``after``, as (kind, text)."""
+        """The mirrored chunks after seq ``after``, as pieces."""
         entries = self.redis.lrange(_key(token) + ":c", after + 1, -1)
-        return [(_LETTER_KIND[entry[0]], entry[1:]) for entry in entries]
+        return [_piece(entry) for entry in entries]
 
     def token_for(self, sid: str, request_id: str) -> str | None:
         return self.redis.hget(_sid_key(sid), request_id)
@@ -234,6 +249,9 @@ class Cluster:
         self.node = store.node
         self.start_task = start_task
         self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {}
+        # Handlers that wait, answered from a task of their own so that the control
+        # channel goes on meanwhile.
+        self.waiting_handlers: dict[str, Callable[[dict[str, Any]], Any]] = {}
         self._replies: dict[str, tuple[threading.Event, list[Any]]] = {}
         # Streams owned elsewhere whose client is connected here: token -> sid.
         self.watched: dict[str, str] = {}
@@ -294,9 +312,17 @@ class Cluster:
                 waiting[1].append(message.get("result"))
                 waiting[0].set()
             return
-        handler = self.handlers.get(op or "")
-        if handler is None:
+        slow = self.waiting_handlers.get(op or "")
+        if slow is not None:
+            self.start_task(self._answer, slow, message)
             return
+        handler = self.handlers.get(op or "")
+        if handler is not None:
+            self._answer(handler, message)
+
+    def _answer(
+        self, handler: Callable[[dict[str, Any]], Any], message: dict[str, Any]
+    ) -> None:
         try:
             result = {"ok": True, "value": handler(message)}
         except ProtocolError as exc:
@@ -310,14 +336,19 @@ class Cluster:
     def send(self, node: str, message: dict[str, Any]) -> None:
         self.store.redis.publish(_channel(node), json.dumps(message))
 
-    def ask(self, node: str, message: dict[str, Any]) -> dict[str, Any]:
+    def ask(
+        self,
+        node: str,
+        message: dict[str, Any],
+        timeout: float = REPLY_TIMEOUT_SECONDS,
+    ) -> dict[str, Any]:
         """Send ``message`` to ``node`` and wait for its handler's result."""
         nonce = uuid.uuid4().hex
         event = threading.Event()
         self._replies[nonce] = (event, [])
         try:
             self.send(node, {**message, "nonce": nonce, "reply_to": self.node})
-            if not event.wait(REPLY_TIMEOUT_SECONDS):
+            if not event.wait(timeout):
                 return {"ok": False, "code": "timeout"}
             return self._replies[nonce][1][0]
         finally:

@@ -43,6 +43,8 @@ class Config:
     LLM_MODEL = os.environ.get("LLM_MODEL", "")
     LLM_MODELS = _list("LLM_MODELS")
     SYSTEM_PROMPT = os.environ.get("SYSTEM_PROMPT", "")
+    # Whether clients may send system and developer messages (after SYSTEM_PROMPT).
+    CLIENT_SYSTEM_MESSAGES = _bool("CLIENT_SYSTEM_MESSAGES", True)
 
     # OpenAI-compatible upstream
     OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
@@ -73,11 +75,19 @@ class Config:
     STREAM_STORE_URL = os.environ.get("STREAM_STORE_URL", "")
     NODE_ID = os.environ.get("NODE_ID", "")
 
+    # Conversation history (app/history): SQLite, a relative path being under the
+    # repository, or postgresql://… for several nodes.
+    DATABASE_URL = os.environ.get("DATABASE_URL") or "sqlite:///data/chatstream.db"
+
     # Who may connect
     AUTH_TOKENS = _list("AUTH_TOKENS")
     AUTH_SECRET = os.environ.get("AUTH_SECRET", "")
     CORS_ALLOWED_ORIGINS = _list("CORS_ALLOWED_ORIGINS")
     TRUSTED_PROXIES = _list("TRUSTED_PROXIES")
+    # Host names browsers may use besides addresses and localhost (app/origins.py);
+    # empty: HOST, when that is a name.
+    ALLOWED_HOSTS = _list("ALLOWED_HOSTS")
+    HOST = os.environ.get("HOST") or "127.0.0.1"
 
     # Limits
     MAX_CONCURRENT_PER_CONNECTION = _int("MAX_CONCURRENT_PER_CONNECTION", 3)
@@ -86,12 +96,21 @@ class Config:
     MAX_MESSAGES = _int("MAX_MESSAGES", 100)
     MAX_PROMPT_CHARS = _int("MAX_PROMPT_CHARS", 10000)
     MAX_TOKENS_CAP = _int("MAX_TOKENS_CAP", 4096)
-    # Engine.IO closes a connection that sends a bigger message; it stays above
-    # MAX_PROMPT_CHARS even at six bytes per character (JSON \u escapes) so that a long
-    # prompt gets an error event instead.
-    MAX_MESSAGE_BYTES = _int("MAX_MESSAGE_BYTES", 65536)
+    # A bigger message closes its connection as it arrives (app/inbound.py). Room for
+    # a chat with a few images as data URLs (the page sends at most 4, each scaled
+    # down to ~1568 px), and far above MAX_PROMPT_CHARS even at six bytes per
+    # character (JSON \u escapes) so that a long prompt gets an error event instead.
+    MAX_MESSAGE_BYTES = _int("MAX_MESSAGE_BYTES", 8 * 1024 * 1024)
     # What may wait for a client that does not read; past it the connection closes.
     MAX_QUEUED_BYTES = _int("MAX_QUEUED_BYTES", 1048576)
+    # Largest HTTP request body (app/http_limits.py): room for the biggest chat the
+    # other limits let through, a 15 MB image as base64 included.
+    MAX_BODY_BYTES = _int("MAX_BODY_BYTES", 20 * 1024 * 1024)
+    # Seconds a request body (and, under gthread, a request's headers) may go
+    # without a byte arriving: then 408 and the connection closes.
+    REQUEST_READ_TIMEOUT = _float("REQUEST_READ_TIMEOUT", 15)
+    # Seconds one write of an HTTP stream may wait for a client that does not read.
+    RESPONSE_WRITE_TIMEOUT = _float("RESPONSE_WRITE_TIMEOUT", 30)
     # Open connections this process takes (app/admission.py); 0 means 90 % of what
     # the server holds: gunicorn's worker_connections, or its threads for gthread.
     MAX_CONNECTIONS = _int("MAX_CONNECTIONS", 0)

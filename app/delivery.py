@@ -1,5 +1,4 @@
-"""Delivery to Socket.IO clients: the one module that knows python-socketio's and
-python-engineio's insides.
+"""Where events go: each client connection's ``Connection``.
 
 The relay hands each event for a connection to its ``Connection``. A client on this
 node gets it directly: the event is written once as Socket.IO's EVENT packet in the
@@ -14,31 +13,31 @@ queue (``RemoteConnection``).
 
 What a client does not read waits, up to ``MAX_QUEUED_BYTES`` per connection; past
 that the connection is closed, and its answers wait to be resumed, as after any drop.
+A sender that has much to send at once (a resume's replay) asks ``drained`` before
+each part, and so goes at the pace the client reads.
 
-Two more things taken from those insides live here: the packet class that skips
-the scan for binary parts (``TextPacket``), and Engine.IO's origin rule, which the
-HTTP transport applies as Socket.IO does (``origin_allowed``).
+``WebSocketOut`` writes to a plain socket (the green one, and the OS socket under
+it); how Engine.IO's WebSocket is taken over to use it, and the names of Engine.IO's
+sessions, come from ``internals``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring_ascii as _quote
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from engineio.packet import MESSAGE
 from engineio.packet import Packet as EioPacket
 from flask_socketio import SocketIO
-from socketio.packet import Packet
 
-from .providers.base import ANSWER, Kind
-
-log = logging.getLogger(__name__)
+from .internals import engineio_route
+from .providers.base import ANSWER, TOOL_CALL, Piece
 
 # Compact JSON, as python-socketio writes its packets; one encoder, made once.
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -48,20 +47,13 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 # never hold a colon. The node that holds the connection follows it.
 HTTP_SID_PREFIX = "http:"
 TRANSPORTS = ("socketio", "http")
+# How often ``WebSocketOut.drained`` looks whether Engine.IO's queue has emptied.
+_QUEUE_LOOK_SECONDS = 0.01
 
-
-class TextPacket(Packet):
-    """Every payload this server sends is JSON text, so the scan of each outgoing
-    payload for binary parts (an eighth of the emit path's time) is skipped."""
-
-    uses_binary_events = False
-
-
-def origin_allowed(socketio: SocketIO, environ: dict[str, Any], origin: str) -> bool:
-    """Whether a browser at ``origin`` may use this server: Engine.IO's rule for
-    ``cors_allowed_origins`` (same origin when unset, any origin for ``*``)."""
-    allowed = socketio.server.eio._cors_allowed_origins(environ)
-    return allowed is None or origin in allowed  # None: any origin
+# What ``Connection.drained`` found: at most the bytes asked for wait unsent; more
+# still wait after the time given; or the connection has closed, and what is sent
+# to it goes nowhere.
+Drain = Literal["drained", "waiting", "closed"]
 
 
 def transport_of(sid: str) -> str:
@@ -72,7 +64,7 @@ def transport_of(sid: str) -> str:
 class Connection(Protocol):
     """Where a stream's events go: one client connection, of some transport."""
 
-    def send_chunk(self, request_id: str, seq: int, kind: Kind, delta: str) -> None:
+    def send_chunk(self, request_id: str, seq: int, piece: Piece) -> None:
         """Send one ``chunk`` event."""
 
     def send(self, event: str, payload: dict[str, Any]) -> None:
@@ -82,28 +74,62 @@ class Connection(Protocol):
         """A resume took ``request_id`` to another connection: nothing more of it
         comes here."""
 
+    def drained(self, low: int, timeout: float) -> Drain:
+        """Wait up to ``timeout`` seconds until at most ``low`` bytes of this
+        connection's events wait to be sent."""
 
-def chunk_payload(request_id: str, seq: int, kind: Kind, delta: str) -> dict:
+
+def chunk_payload(request_id: str, seq: int, piece: Piece) -> dict:
     """A ``chunk`` event's payload, as the README's protocol table has it."""
-    payload: dict[str, Any] = {"id": request_id, "seq": seq, "delta": delta}
+    kind = piece[0]
+    payload: dict[str, Any] = {"id": request_id, "seq": seq}
+    if kind == TOOL_CALL:
+        payload["kind"] = kind
+        payload["tool_call"] = piece[1]
+        return payload
+    payload["delta"] = piece[1]
     if kind != ANSWER:
         payload["kind"] = kind
+    if len(piece) > 2:
+        payload["logprobs"] = piece[2]
     return payload
 
 
-def chunk_packet(request_id: str, seq: int, kind: Kind, delta: str) -> str:
+def chunk_packet(request_id: str, seq: int, piece: Piece) -> str:
     """A ``chunk`` EVENT packet's text; the same JSON as ``chunk_payload`` gives,
     written without building the dict (it is most of what the relay sends)."""
-    tail = "}]" if kind == ANSWER else ',"kind":' + _quote(kind) + "}]"
-    return (
-        '2["chunk",{"id":'
-        + _quote(request_id)
-        + ',"seq":'
-        + str(seq)
-        + ',"delta":'
-        + _quote(delta)
-        + tail
-    )
+    kind = piece[0]
+    head = '2["chunk",{"id":' + _quote(request_id) + ',"seq":' + str(seq)
+    if kind == TOOL_CALL:
+        return head + ',"kind":"tool_call","tool_call":' + _encode(piece[1]) + "}]"
+    text = head + ',"delta":' + _quote(piece[1])
+    if kind != ANSWER:
+        text += ',"kind":' + _quote(kind)
+    if len(piece) > 2:
+        text += ',"logprobs":' + _encode(piece[2])
+    return text + "}]"
+
+
+def send_chunks(
+    connection: Connection,
+    request_id: str,
+    pieces: Sequence[Piece],
+    index: int,
+    budget: int,
+    first_seq: int = 0,
+) -> int:
+    """Send ``pieces`` from ``index`` as ``chunk`` events (``pieces[i]`` has seq
+    ``first_seq + i``) until about ``budget`` bytes have gone, one at least; return
+    the index to go on from."""
+    sent, end = 0, len(pieces)
+    while index < end and sent < budget:
+        piece = pieces[index]
+        seq = first_seq + index
+        connection.send_chunk(request_id, seq, piece)
+        # As written on a WebSocket (escapes and all), and a frame header.
+        sent += len(chunk_packet(request_id, seq, piece)) + 10
+        index += 1
+    return index
 
 
 class LocalConnection:
@@ -113,18 +139,21 @@ class LocalConnection:
     __slots__ = ("_send", "_eio_sid")
 
     def __init__(self, socketio: SocketIO, sid: str):
-        server = socketio.server
-        self._eio_sid = server.manager.eio_sid_from_sid(sid, "/")
-        self._send = server._send_eio_packet
+        self._eio_sid, self._send = engineio_route(socketio, sid)
 
-    def send_chunk(self, request_id: str, seq: int, kind: Kind, delta: str) -> None:
-        self._packet(chunk_packet(request_id, seq, kind, delta))
+    def send_chunk(self, request_id: str, seq: int, piece: Piece) -> None:
+        self._packet(chunk_packet(request_id, seq, piece))
 
     def send(self, event: str, payload: dict[str, Any]) -> None:
         self._packet("2" + _encode([event, payload]))
 
     def moved(self, request_id: str) -> None:
         pass  # the connection goes on with its other requests
+
+    def drained(self, low: int, timeout: float) -> Drain:
+        out = _WEBSOCKETS.get(self._eio_sid)
+        # On long-polling, Engine.IO's queue holds what waits, with no cap to meet.
+        return "drained" if out is None else out.drained(low, timeout)
 
     def _packet(self, text: str) -> None:
         out = _WEBSOCKETS.get(self._eio_sid)
@@ -147,8 +176,8 @@ class RemoteConnection:
         self._socketio = socketio
         self._sid = sid
 
-    def send_chunk(self, request_id: str, seq: int, kind: Kind, delta: str) -> None:
-        self.send("chunk", chunk_payload(request_id, seq, kind, delta))
+    def send_chunk(self, request_id: str, seq: int, piece: Piece) -> None:
+        self.send("chunk", chunk_payload(request_id, seq, piece))
 
     def send(self, event: str, payload: dict[str, Any]) -> None:
         self._socketio.emit(event, payload, to=self._sid)
@@ -156,12 +185,17 @@ class RemoteConnection:
     def moved(self, request_id: str) -> None:
         pass
 
+    def drained(self, low: int, timeout: float) -> Drain:
+        # The message queue tells nothing of the client's pace: a replay to another
+        # node's client goes through that node instead (``forwarding.py``).
+        return "drained"
+
 
 class _Gone:
     """A connection that closed: what is sent to it goes nowhere (a resume can still
     fetch it)."""
 
-    def send_chunk(self, request_id: str, seq: int, kind: Kind, delta: str) -> None:
+    def send_chunk(self, request_id: str, seq: int, piece: Piece) -> None:
         pass
 
     def send(self, event: str, payload: dict[str, Any]) -> None:
@@ -169,6 +203,9 @@ class _Gone:
 
     def moved(self, request_id: str) -> None:
         pass
+
+    def drained(self, low: int, timeout: float) -> Drain:
+        return "closed"
 
 
 GONE = _Gone()
@@ -188,31 +225,37 @@ class WebSocketOut:
 
     def __init__(
         self,
-        eio_socket: Any,
         sock: socket.socket,
+        raw: socket.socket,
         limit: int,
         start_task: Callable[..., Any],
-        on_overflow: Callable[[str], None],
+        on_overflow: Callable[[], None],
     ):
-        self._eio_socket = eio_socket
+        # The green socket, whose sendall waits for the client (this task only), and
+        # the OS socket under it, whose send with MSG_DONTWAIT never waits.
         self._sock = sock
-        # The OS socket under the green one: eventlet keeps it in fd, gevent in _sock
-        # (eventlet's _sock is the green socket itself). A send to it with
-        # MSG_DONTWAIT never waits, in any async mode.
-        self._raw = getattr(sock, "fd", None) or getattr(sock, "_sock", None) or sock
+        self._raw = raw
         self._limit = limit
         self._start_task = start_task
         self._on_overflow = on_overflow
         self._pending = bytearray()
+        # Bytes the draining task took from _pending and is writing now.
+        self._inflight = 0
         self._flushing = False
         self._lock = threading.Lock()
+        # Notified as the draining task's writes complete, and at the close.
+        self._progress = threading.Condition(self._lock)
         self.closed = False
 
     def takes_events(self) -> bool:
-        """True once the connection is on this WebSocket and Engine.IO holds nothing
-        queued from before (which must not be overtaken)."""
-        eio_socket = self._eio_socket
-        return eio_socket.upgraded and not self.closed and eio_socket.queue.empty()
+        """Whether the relay's events may be written here now (``internals``
+        replaces it with one that also asks Engine.IO)."""
+        return not self.closed
+
+    def engineio_holds(self) -> bool:
+        """Whether Engine.IO's queue holds packets for this socket, which its
+        writer task writes here in one go (``internals`` replaces it)."""
+        return False
 
     def send_text(self, text: str) -> None:
         self.write(_text_frame(text.encode()))
@@ -227,14 +270,14 @@ class WebSocketOut:
                 except BlockingIOError:
                     sent = 0
                 except OSError:
-                    self.closed = True
+                    self._close()
                     raise
                 if sent == len(frame):
                     return
                 frame = frame[sent:]
             self._pending += frame
             if len(self._pending) > self._limit:
-                self.closed = True
+                self._close()
                 overflow = True
             else:
                 overflow = False
@@ -243,22 +286,53 @@ class WebSocketOut:
                     self._start_task(self._flush)
         if overflow:
             self._drop()
-            self._on_overflow(self._eio_socket.sid)
+            self._on_overflow()
+
+    def drained(self, low: int, timeout: float) -> Drain:
+        """Wait up to ``timeout`` seconds until at most ``low`` bytes wait to be
+        written (the kernel's buffer aside)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                if self.closed:
+                    return "closed"
+                held = self.engineio_holds()
+                if not held and len(self._pending) + self._inflight <= low:
+                    return "drained"
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return "waiting"
+                # Engine.IO's writer says nothing when its queue empties, and does
+                # so within moments: looked at again soon.
+                self._progress.wait(min(left, _QUEUE_LOOK_SECONDS) if held else left)
+
+    def close(self) -> None:
+        """The WebSocket has closed: nothing more is written."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        self._progress.notify_all()
 
     def _flush(self) -> None:
         while True:
             with self._lock:
+                self._inflight = 0
+                self._progress.notify_all()
                 data = bytes(self._pending)
                 self._pending.clear()
                 if not data or self.closed:
                     self._flushing = False
                     return
+                self._inflight = len(data)
             try:
                 # The green socket's sendall waits for the client, this task only.
                 self._sock.sendall(data)
             except OSError:
                 with self._lock:
-                    self.closed = True
+                    self._close()
+                    self._inflight = 0
                     self._flushing = False
                 return
 
@@ -282,46 +356,28 @@ def _text_frame(payload: bytes) -> bytes:
     return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
 
-def install_websocket_writer(
-    socketio: SocketIO, limit: int, on_overflow: Callable[[str], None]
-) -> None:
-    """Route every WebSocket of ``socketio``'s Engine.IO server through a
-    ``WebSocketOut``: its own writes and the relay's events alike."""
-    eio = socketio.server.eio
-    base = eio._async["websocket"]
-    start_task = eio.start_background_task
+class WebSocketWriters:
+    """Makes each WebSocket's ``WebSocketOut`` as it opens, and forgets it as it
+    closes (``internals.install_websockets`` calls both)."""
 
-    class WebSocket(base):  # type: ignore[misc, valid-type]
-        def __init__(self, handler: Callable[[Any], Any], server: Any):
-            eio_socket = handler.__self__
+    def __init__(
+        self,
+        limit: int,
+        start_task: Callable[..., Any],
+        on_overflow: Callable[[str], None],
+    ):
+        self.limit = limit
+        self.start_task = start_task
+        self.on_overflow = on_overflow
 
-            def handle(ws: Any) -> Any:
-                # simple-websocket's wrapper keeps its socket in ws.ws.sock,
-                # eventlet's WebSocket in ws.socket.
-                inner = getattr(ws, "ws", None)
-                sock = inner.sock if inner is not None else ws.socket
-                out = WebSocketOut(eio_socket, sock, limit, start_task, on_overflow)
-                if inner is not None:
-                    ws.send = out.send_text
-                else:
-                    ws.send = lambda message, **kw: out.write(
-                        ws._pack_message(message, **kw)
-                    )
-                    # eventlet writes a line for each socket closed under it, with no
-                    # line break: to the log, at debug level.
-                    ws.log = _DebugLog()
-                _WEBSOCKETS[eio_socket.sid] = out
-                try:
-                    return handler(ws)
-                finally:
-                    _WEBSOCKETS.pop(eio_socket.sid, None)
-                    out.closed = True
+    def opened(self, eio_sid: str, sock: Any, raw: Any) -> WebSocketOut:
+        out = WebSocketOut(
+            sock, raw, self.limit, self.start_task, lambda: self.on_overflow(eio_sid)
+        )
+        _WEBSOCKETS[eio_sid] = out
+        return out
 
-            super().__init__(handle, server)
-
-    eio._async = {**eio._async, "websocket": WebSocket}
-
-
-class _DebugLog:
-    def write(self, text: str) -> None:
-        log.debug("websocket: %s", text.strip())
+    def closed(self, eio_sid: str, out: WebSocketOut) -> None:
+        if _WEBSOCKETS.get(eio_sid) is out:
+            del _WEBSOCKETS[eio_sid]
+        out.close()

@@ -1,5 +1,6 @@
 """Socket.IO event handlers. Each reply goes to the requesting connection only."""
 
+import contextlib
 import logging
 from typing import Any, NoReturn
 
@@ -8,8 +9,10 @@ from flask_socketio import ConnectionRefusedError, emit
 
 from . import socketio
 from .admission import Admission
-from .auth import Unauthorized, identify
-from .protocol import RETRYABLE, ProtocolError, parse_chat, parse_resume, parse_stop
+from .auth import Identity, Unauthorized, authenticate
+from .errors import RETRYABLE, ProtocolError
+from .internals import is_connected
+from .protocol import parse_chat, parse_resume, parse_stop
 from .relay import Relay
 
 log = logging.getLogger(__name__)
@@ -37,25 +40,62 @@ def _reject(exc: ProtocolError) -> dict[str, Any]:
     }
 
 
+# The connection's ``Identity``, kept in its WSGI environ: Flask-SocketIO hands that
+# same dict to each of the connection's events, and python-socketio drops it with it.
+_IDENTITY = "chatstream.identity"
+
+
 @socketio.on("connect")
 def connect(auth: Any = None) -> None:
     """Sent by a client opening a connection, with an optional ``{token}`` auth payload.
 
     The client receives the connection, or a connect error with the reason."""
-    if request.sid in _relay().identities:
-        return  # a client's own event named "connect", not a new connection
     try:
-        identity = identify(auth, request.environ, current_app.config)
+        if request.sid in _relay().identities:
+            return  # a client's own event named "connect", not a new connection
+        _open(auth)
+    except ConnectionRefusedError:
+        raise
+    except Exception:
+        # Fail closed: python-socketio takes any answer but a refusal as consent.
+        log.exception("connect handler failed")
+        _undo_open(request.sid)
+        _refuse("internal", "the server failed to check the connection")
+
+
+def _open(auth: Any) -> None:
+    try:
+        identity = authenticate(auth, request.environ, current_app.config)
     except Unauthorized as exc:
         _refuse("unauthorized", str(exc))
-    if not _admission().identities.take(request.sid, identity):
-        who = "this address" if identity.startswith("addr:") else "this user"
+    if not _admission().identities.take(request.sid, identity.name):
+        who = "this address" if identity.name.startswith("addr:") else "this user"
         limit = _admission().identities.limit
         _refuse(
             "too_many_connections",
             f"{who} already holds {limit} connections; close one first",
         )
-    _relay().connect(request.sid, identity)
+    request.environ[_IDENTITY] = identity
+    _relay().connect(request.sid, identity.name)
+
+
+def _undo_open(sid: str) -> None:
+    """Give back what a connection refused midway took: it gets no disconnect."""
+    with contextlib.suppress(Exception):
+        _admission().identities.release(sid)
+    with contextlib.suppress(Exception):
+        _relay().disconnect(sid)
+
+
+def _check_token(request_id: str) -> None:
+    """Refuse a new chat on a connection whose signed token has expired since."""
+    identity: Identity | None = request.environ.get(_IDENTITY)
+    if identity is not None and identity.expired():
+        raise ProtocolError(
+            "unauthorized",
+            "the token has expired; reconnect with a new one",
+            request_id,
+        )
 
 
 def _refuse(code: str, message: str) -> NoReturn:
@@ -74,6 +114,7 @@ def chat(data: Any = None, *_: Any) -> dict[str, Any]:
     events and one ``done`` or ``error``."""
     try:
         chat_request = parse_chat(data, _relay().limits)
+        _check_token(chat_request.id)
         stream = _relay().admit(request.sid, chat_request)
     except ProtocolError as exc:
         return _reject(exc)
@@ -117,7 +158,7 @@ def disconnect(*_: Any) -> None:
     """Raised by the server when a client's connection ends.
 
     Nobody receives a reply; the client's generations wait for it to resume."""
-    if socketio.server.manager.is_connected(request.sid, "/"):
+    if is_connected(socketio, request.sid):
         # A client's own event named "disconnect": python-socketio hands it to this
         # handler too, but the connection is still open (a real disconnection is
         # marked as pending before the handler runs).
@@ -130,6 +171,13 @@ def disconnect(*_: Any) -> None:
 def on_error(exc: Exception) -> dict[str, Any]:
     """Raised by the server when a handler fails unexpectedly.
 
-    The client whose event failed receives an ``internal`` error; the server goes on."""
+    The client whose event failed receives an ``internal`` error (a connect error
+    for a connection being opened); the server goes on."""
     log.exception("event handler failed", exc_info=exc)
+    if getattr(request, "event", {}).get("message") == "connect":
+        # python-socketio takes any answer to a connect but a refusal as consent.
+        raise ConnectionRefusedError(
+            "the server failed to check the connection",
+            {"code": "internal", "retryable": RETRYABLE["internal"]},
+        )
     return _reject(ProtocolError("internal", "the server failed to handle the event"))

@@ -9,34 +9,76 @@ stream whose owner dies.
 
 The owner reaches a Socket.IO client of another node through the Socket.IO message
 queue; an HTTP client, which that queue does not know, through the control channel
-of the node holding its connection, which the client's session id names.
+of the node holding its connection, which the client's session id names. A replay
+goes through that control channel too, whatever the client, at the client's pace:
+before each part the owner asks the client's node to answer once what waits for the
+client has drained (``drained``), and that answer also says the parts before it
+have reached the client's writer.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from flask_socketio import SocketIO
 
 from .auth import may_resume
 from .cluster import Cluster, Mirror
-from .delivery import GONE, Connection, RemoteConnection, transport_of
-from .protocol import ProtocolError, interrupted, resume_denied
-from .providers.base import Kind
-
-if TYPE_CHECKING:
-    from .relay import Relay
+from .delivery import GONE, Connection, Drain, RemoteConnection, transport_of
+from .errors import ProtocolError, interrupted, resume_denied
+from .metrics import Metrics
+from .providers.base import Piece
+from .streams import Event, Stream
 
 log = logging.getLogger(__name__)
 
+# Beyond the wait asked for, how long an answer from another node may take.
+REPLY_SECONDS = 3.0
+
+
+class Node(Protocol):
+    """What forwarding uses of this node's relay (``relay.Relay``)."""
+
+    socketio: SocketIO
+    metrics: Metrics
+    connections: Mapping[str, Connection]
+
+    def connection(self, sid: str) -> Connection: ...
+
+    def resume(
+        self,
+        sid: str,
+        request_id: str,
+        token: str,
+        after: int,
+        identity: str | None = None,
+        via: Connection | None = None,
+    ) -> int: ...
+
+    def finish(self, stream: Stream, finish_reason: str) -> None: ...
+
+    def replay_kept(
+        self,
+        connection: Connection,
+        request_id: str,
+        pieces: list[Piece],
+        first_seq: int,
+        terminal: Event,
+    ) -> None: ...
+
 
 class Forwarding:
-    def __init__(self, relay: Relay, cluster: Cluster):
+    def __init__(self, relay: Node, cluster: Cluster):
         self.relay = relay
         self.cluster = cluster
         self.store = cluster.store
         cluster.handlers["resume"] = self._resume_for_peer
         cluster.handlers["stop"] = self._stop_for_peer
         cluster.handlers["deliver"] = self._deliver_for_peer
+        # It waits for a client: answered from a task of its own.
+        cluster.waiting_handlers["drained"] = self._drained_for_peer
         cluster.on_owner_lost = self._owner_lost
 
     def connection(self, sid: str) -> Connection:
@@ -46,7 +88,7 @@ class Forwarding:
         node = http_node(sid)
         if node is None or node == self.cluster.node:
             return GONE  # an HTTP client of this node whose response has ended
-        return PeerHttpConnection(self.cluster, node, sid)
+        return PeerConnection(self.cluster, node, sid)
 
     def resume(
         self, sid: str, request_id: str, token: str, after: int, identity: str
@@ -79,11 +121,14 @@ class Forwarding:
             if result["code"] != "timeout":
                 raise ProtocolError(result["code"], result["message"], request_id)
             # The owner did not answer: treat it as gone.
-        connection = self.relay.connection(sid)
         chunks = self.store.mirrored_chunks(token, after)
-        for seq, (kind, delta) in enumerate(chunks, start=after + 1):
-            connection.send_chunk(request_id, seq, kind, delta)
-        connection.send(*(mirror.terminal or ("error", interrupted(request_id))))
+        self.relay.replay_kept(
+            self.relay.connection(sid),
+            request_id,
+            chunks,
+            after + 1,
+            mirror.terminal or ("error", interrupted(request_id)),
+        )
         self.relay.metrics.resumes.inc()
         return len(chunks)
 
@@ -99,12 +144,14 @@ class Forwarding:
         return True
 
     def _resume_for_peer(self, message: dict[str, Any]) -> int:
+        sid = message["sid"]
         return self.relay.resume(
-            message["sid"],
+            sid,
             message["id"],
             message["token"],
             message["after"],
             message["identity"],
+            via=PeerConnection(self.cluster, message["reply_to"], sid),
         )
 
     def _stop_for_peer(self, message: dict[str, Any]) -> None:
@@ -112,12 +159,22 @@ class Forwarding:
         if stream is not None:
             self.relay.finish(stream, "cancelled")
 
+    def _drained_for_peer(self, message: dict[str, Any]) -> Drain:
+        connection = self.relay.connections.get(message["sid"])
+        if connection is None:
+            return "closed"  # the client left
+        wait = getattr(connection, "drained", None)
+        if wait is None:
+            return "drained"
+        return wait(message["low"], message["wait"])
+
     def _deliver_for_peer(self, message: dict[str, Any]) -> None:
         connection = self.relay.connections.get(message["sid"])
         if connection is None:
             return  # the client left meanwhile
         if "chunk" in message:
-            connection.send_chunk(*message["chunk"])
+            request_id, seq, piece = message["chunk"]
+            connection.send_chunk(request_id, seq, tuple(piece))
         elif "moved" in message:
             connection.moved(message["moved"])
         else:
@@ -135,9 +192,10 @@ def http_node(sid: str) -> str | None:
     return parts[1] if len(parts) == 3 else None
 
 
-class PeerHttpConnection:
-    """An HTTP client connected to another node: through that node's control
-    channel, in order (one Redis channel, one publisher)."""
+class PeerConnection:
+    """A client connected to another node, through that node's control channel, in
+    order (one Redis channel, one publisher): an HTTP client, which the Socket.IO
+    message queue does not know, and any client a replay goes to."""
 
     __slots__ = ("_cluster", "_node", "_sid")
 
@@ -146,14 +204,23 @@ class PeerHttpConnection:
         self._node = node
         self._sid = sid
 
-    def send_chunk(self, request_id: str, seq: int, kind: Kind, delta: str) -> None:
-        self._publish({"chunk": [request_id, seq, kind, delta]})
+    def send_chunk(self, request_id: str, seq: int, piece: Piece) -> None:
+        self._publish({"chunk": [request_id, seq, piece]})
 
     def send(self, event: str, payload: dict[str, Any]) -> None:
         self._publish({"event": event, "payload": payload})
 
     def moved(self, request_id: str) -> None:
         self._publish({"moved": request_id})
+
+    def drained(self, low: int, timeout: float) -> Drain:
+        result = self._cluster.ask(
+            self._node,
+            {"op": "drained", "sid": self._sid, "low": low, "wait": timeout},
+            timeout + REPLY_SECONDS,
+        )
+        # No answer: that node is gone, and its client with it.
+        return result["value"] if result["ok"] else "closed"
 
     def _publish(self, message: dict[str, Any]) -> None:
         self._cluster.send(self._node, {"op": "deliver", "sid": self._sid, **message})

@@ -79,3 +79,15 @@ class Metrics:
         self.resumes = Counter(
             "chat_resumes", "Successful resumes", registry=self.registry
         )
+        self.oversized = Counter(
+            "chat_oversized_messages",
+            "Connections closed for a message over MAX_MESSAGE_BYTES, by transport "
+            "(websocket, polling)",
+            ["transport"],
+            registry=self.registry,
+        )
+        self.malformed = Counter(
+            "chat_malformed_packets",
+            "Engine.IO or Socket.IO packets dropped because they could not be decoded",
+            registry=self.registry,
+        )

@@ -11,6 +11,11 @@ id and resume token: ``GET /v1/chat/completions/<id>/events`` with the token and
 ``Last-Event-ID`` replays what came after that seq, then follows live. A client that
 disconnects stops its generation, as ``stop`` does (OpenAI's own behaviour), unless
 its request set ``background: true``: then it runs on for ``RESUME_GRACE_SECONDS``.
+
+A client that stops reading is closed, as on a WebSocket: when ``MAX_QUEUED_BYTES``
+of its events wait, or one write has waited ``RESPONSE_WRITE_TIMEOUT`` seconds
+(``chat_slow_clients_closed``). Its answer then goes on for ``RESUME_GRACE_SECONDS``,
+for the same resume.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -27,10 +34,11 @@ from werkzeug.exceptions import HTTPException
 
 from . import socketio
 from .auth import Unauthorized, identify
-from .delivery import HTTP_SID_PREFIX, origin_allowed
-from .openai_format import Completion, error_body, parse_body, status_of
-from .protocol import ProtocolError
-from .providers.base import REASONING, Kind
+from .delivery import HTTP_SID_PREFIX, Drain
+from .errors import ProtocolError
+from .internals import close_connection
+from .openai_format import Completion, error_body, parse_body, read_json, status_of
+from .providers.base import TOOL_CALL, Piece
 from .relay import Relay
 
 bp = Blueprint("openai_api", __name__)
@@ -44,31 +52,98 @@ KEEPALIVE_SECONDS = 10
 
 _CHUNK = "chunk"
 _MOVED = "moved"
+# What a chunk event takes besides its text, counted as on a WebSocket (packet and
+# frame header; delivery.send_chunks counts a replay's parts so). The SSE event is
+# about twice that: the cap is in the same units on both transports.
+_EVENT_BYTES = 85
 
 
 class HttpConnection:
-    """One HTTP request's events, queued by the relay for the response to write."""
+    """One HTTP request's events, queued by the relay for the response to write.
 
-    def __init__(self) -> None:
+    The chunks waiting are counted, in the bytes they take on a WebSocket (as a
+    resume's replay measures its parts, ``delivery.send_chunks``): past ``limit``
+    (0: none) the client is taken to have stopped reading, nothing more is queued,
+    and ``on_overflow`` is called once. A replay waits (``drained``) for the writer
+    to take what waits before it sends more."""
+
+    def __init__(self, limit: int = 0) -> None:
         eio = socketio.server.eio
         self._queue = eio.create_queue()
         self._empty = eio.get_queue_empty_exception()
+        self._limit = limit
+        self._lock = threading.Lock()
+        # Set when what waits falls to ``_low`` bytes, for a replay waiting on it.
+        self._drained = eio.create_event()
+        self._low = -1
+        self.queued = 0
+        self.overflowed = False
+        self.closed = False
+        self.on_overflow: Callable[[], None] | None = None
 
-    def send_chunk(self, request_id: str, seq: int, kind: Kind, delta: str) -> None:
-        self._queue.put((_CHUNK, (seq, kind, delta)))
+    def send_chunk(self, request_id: str, seq: int, piece: Piece) -> None:
+        if self.overflowed:
+            return
+        size = _size(piece) + _EVENT_BYTES if self._limit else 0
+        if size:
+            with self._lock:
+                self.queued += size
+                over = self.queued > self._limit and not self.overflowed
+                if over:
+                    self.overflowed = True
+            if over:
+                if self.on_overflow is not None:
+                    self.on_overflow()
+                return
+        self._queue.put((_CHUNK, (seq, piece), size))
 
     def send(self, event: str, payload: dict[str, Any]) -> None:
-        self._queue.put((event, payload))
+        self._queue.put((event, payload, 0))
 
     def moved(self, request_id: str) -> None:
-        self._queue.put((_MOVED, None))
+        self._queue.put((_MOVED, None, 0))
 
     def next(self, timeout: float | None = None) -> tuple[str, Any] | None:
         """The next event, or None after ``timeout`` seconds without one."""
         try:
-            return self._queue.get(timeout=timeout)
+            event, payload, size = self._queue.get(timeout=timeout)
         except self._empty:
             return None
+        if size:
+            with self._lock:
+                self.queued -= size
+                wake = self.queued <= self._low
+            if wake:
+                self._drained.set()
+        return event, payload
+
+    def drained(self, low: int, timeout: float) -> Drain:
+        """Wait up to ``timeout`` seconds until at most ``low`` bytes wait."""
+        with self._lock:
+            if self.closed or self.overflowed:
+                return "closed"
+            if self.queued <= low:
+                return "drained"
+            self._low = low
+            self._drained.clear()
+        self._drained.wait(timeout)
+        with self._lock:
+            self._low = -1
+            if self.closed or self.overflowed:
+                return "closed"
+            return "drained" if self.queued <= low else "waiting"
+
+    def close(self) -> None:
+        """The response ended: nothing more is written here."""
+        self.closed = True
+        self._drained.set()
+
+
+def _size(piece: Piece) -> int:
+    """About what a piece adds to its event, for the queued-bytes cap."""
+    if piece[0] == TOOL_CALL:
+        return len(piece[1]["arguments"]) + 40
+    return len(piece[1]) + (len(piece[2]) * 60 if len(piece) > 2 else 0)
 
 
 def _relay() -> Relay:
@@ -83,7 +158,8 @@ def _new_sid(relay: Relay) -> str:
 def _check_origin() -> None:
     """Refuse a browser whose origin may not use Socket.IO here either."""
     origin = request.headers.get("Origin")
-    if origin is not None and not origin_allowed(socketio, request.environ, origin):
+    origins = current_app.extensions["origins"]
+    if origin is not None and not origins.allowed(origin, request.environ):
         raise ProtocolError(
             "forbidden_origin", f"origin: {origin!r} may not use this server"
         )
@@ -122,6 +198,26 @@ def _failed(exc: Exception) -> Response | HTTPException:
     return _refused(ProtocolError("internal", "the server failed; see its log"))
 
 
+@bp.app_errorhandler(404)
+@bp.app_errorhandler(405)
+def _no_route(exc: HTTPException) -> Response | HTTPException:
+    """Under ``/v1/``, a path or method this server does not serve gets OpenAI's
+    error shape, which SDKs read (not Flask's HTML page)."""
+    if not request.path.startswith("/v1/"):
+        return exc
+    if exc.code == 405:
+        allowed = ", ".join(exc.valid_methods or ())
+        error = ProtocolError(
+            "method_not_allowed", f"method: {request.method} is not served here"
+        )
+        response = _refused(error)
+        response.headers["Allow"] = allowed
+        return response
+    return _refused(
+        ProtocolError("not_found", f"path: {request.path!r} is not served here")
+    )
+
+
 @bp.after_request
 def _cors(response: Response) -> Response:
     origin = request.headers.get("Origin")
@@ -137,7 +233,10 @@ def _cors(response: Response) -> Response:
 @bp.route("/v1/chat/completions", methods=["OPTIONS"])
 @bp.route("/v1/chat/completions/<completion_id>/events", methods=["OPTIONS"])
 @bp.route("/v1/models", methods=["OPTIONS"])
-def _preflight(completion_id: str | None = None) -> Response:
+@bp.route("/v1/models/<path:model_id>", methods=["OPTIONS"])
+def _preflight(
+    completion_id: str | None = None, model_id: str | None = None
+) -> Response:
     """A browser's CORS preflight, answered for the origins Socket.IO accepts."""
     _check_origin()
     response = Response(status=204)
@@ -157,13 +256,23 @@ def models() -> Response:
     provider = _relay().provider
     default = provider.default_model
     offered = [default, *(m for m in provider.models if m != default)]
-    return jsonify(
-        object="list",
-        data=[
-            {"id": model, "object": "model", "created": 0, "owned_by": "chatstream"}
-            for model in offered
-        ],
-    )
+    return jsonify(object="list", data=[_model(model) for model in offered])
+
+
+@bp.get("/v1/models/<path:model_id>")
+def model(model_id: str) -> Response:
+    """One model clients may choose, as OpenAI's ``GET /v1/models/{id}`` gives it
+    (model ids may hold slashes: ``Qwen/Qwen2.5-7B-Instruct``)."""
+    _client()
+    if model_id not in _relay().provider.models:
+        raise ProtocolError(
+            "model_not_found", f"model: {model_id!r} is not offered here"
+        )
+    return jsonify(_model(model_id))
+
+
+def _model(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "chatstream"}
 
 
 @bp.post("/v1/chat/completions")
@@ -174,9 +283,9 @@ def chat_completions() -> Response:
     ending with ``data: [DONE]``, or, without ``stream``, one ``chat.completion``."""
     relay = _relay()
     identity = _client()
-    body = parse_body(request.get_json(silent=True), relay.limits)
+    body = parse_body(read_json(request.get_data(cache=False)), relay.limits)
     sid = _new_sid(relay)
-    connection = HttpConnection()
+    connection = HttpConnection(current_app.config["MAX_QUEUED_BYTES"])
     relay.attach(sid, identity, connection)
     try:
         stream = relay.admit(sid, body.chat)
@@ -191,7 +300,9 @@ def chat_completions() -> Response:
         # Nothing was sent yet: the failure gets its HTTP status.
         relay.disconnect(sid)
         raise _as_error(first[1])
-    events = SseResponse(relay, sid, connection, completion, first, body.include_usage)
+    events = SseResponse(
+        relay, sid, connection, completion, first, body.include_usage, stream.token
+    )
     return _sse(events, stream.id, stream.token)
 
 
@@ -220,7 +331,7 @@ def resume_events(completion_id: str) -> Response:
         raise ProtocolError("invalid_request", "Last-Event-ID: must be -1 or more")
     described = relay.described(token)
     sid = _new_sid(relay)
-    connection = HttpConnection()
+    connection = HttpConnection(current_app.config["MAX_QUEUED_BYTES"])
     relay.attach(sid, identity, connection)
     try:
         relay.resume(sid, completion_id, token, after, identity)
@@ -230,7 +341,7 @@ def resume_events(completion_id: str) -> Response:
     model, created = described or ("", 0)
     completion = Completion(completion_id, model, created)
     completion.started = after >= 0
-    events = SseResponse(relay, sid, connection, completion, None, include_usage=True)
+    events = SseResponse(relay, sid, connection, completion, None, True, token)
     return _sse(events, completion_id, token)
 
 
@@ -245,25 +356,26 @@ def _sse(events: SseResponse, stream_id: str, token: str) -> Response:
 
 
 def _as_error(payload: dict[str, Any]) -> ProtocolError:
-    return ProtocolError(payload["code"], payload["message"], payload.get("id"))
+    return ProtocolError(
+        payload["code"],
+        payload["message"],
+        payload.get("id"),
+        retry_after=payload.get("retry_after"),
+    )
 
 
 def _whole(
     relay: Relay, sid: str, connection: HttpConnection, completion: Completion
 ) -> Response:
     """Wait for the whole answer, and give it as one ``chat.completion``."""
-    parts: dict[str, list[str]] = {"answer": [], "reasoning": []}
+    pieces: list[Piece] = []
     try:
         while True:
             event, payload = connection.next()  # type: ignore[misc]
             if event == _CHUNK:
-                _, kind, delta = payload
-                parts["reasoning" if kind == REASONING else "answer"].append(delta)
+                pieces.append(payload[1])
             elif event == "done":
-                whole = completion.whole(
-                    "".join(parts["answer"]), "".join(parts["reasoning"]), payload
-                )
-                return jsonify(whole)
+                return jsonify(completion.whole(pieces, payload))
             elif event == "error":
                 raise _as_error(payload)
             else:
@@ -277,7 +389,10 @@ class SseResponse:
 
     ``close()`` (called by the WSGI server when the response ends, or when writing
     to a client that left fails) ends the client's connection to the relay, which
-    stops the generation unless it asked to survive a disconnect."""
+    stops the generation unless it asked to survive a disconnect.
+
+    The WSGI server writes each event before it asks for the next: ``writing_since``
+    is when the event being written was handed over, None while none is."""
 
     def __init__(
         self,
@@ -287,6 +402,7 @@ class SseResponse:
         completion: Completion,
         first: tuple[str, Any] | None,
         include_usage: bool,
+        token: str,
     ):
         self._relay = relay
         self._sid = sid
@@ -295,8 +411,37 @@ class SseResponse:
         self._first = first
         self._include_usage = include_usage
         self._closed = False
+        self._token = token
+        self._cut_lock = threading.Lock()
+        self._cutting = False
+        # Set once the cut is done: the response ends after its current write.
+        self._cut = False
+        self._environ = request.environ
+        self.write_timeout: float = current_app.config["RESPONSE_WRITE_TIMEOUT"]
+        self.writing_since: float | None = None
+        self._full = f"{current_app.config['MAX_QUEUED_BYTES']} bytes waiting"
+        self._started = False
+        connection.on_overflow = self._overflowed
 
     def __iter__(self) -> Iterator[bytes]:
+        _WRITERS.add(self)
+        for data in self._events():
+            self.writing_since = time.monotonic()
+            yield data
+            self.writing_since = None
+            # Never cut before the head and the first event are out: the client
+            # needs the stream's id and resume token to come back.
+            self._started = True
+            if self._connection.overflowed:
+                self.cut(self._full)
+            if self._cut:
+                return
+
+    def _overflowed(self) -> None:
+        if self._started:
+            self.cut(self._full)
+
+    def _events(self) -> Iterator[bytes]:
         item = self._first or self._connection.next(KEEPALIVE_SECONDS)
         while True:
             while item is None:
@@ -304,8 +449,8 @@ class SseResponse:
                 item = self._connection.next(KEEPALIVE_SECONDS)
             event, payload = item
             if event == _CHUNK:
-                seq, kind, delta = payload
-                yield _event(self._completion.chunk(kind, delta), seq)
+                seq, piece = payload
+                yield _event(self._completion.chunk(piece), seq)
             elif event == "done":
                 yield _event(self._completion.finish(payload))
                 if self._include_usage:
@@ -317,14 +462,74 @@ class SseResponse:
                 # the shape OpenAI's SDKs raise.
                 yield _event(error_body(payload["code"], payload["message"]))
                 return
-            else:  # moved: a resume took the stream to another connection
+            else:  # moved: a resume took the stream elsewhere, or the client was cut
                 return
             item = self._connection.next(KEEPALIVE_SECONDS)
 
+    def cut(self, why: str) -> None:
+        """Close the response under a client that stopped reading (``why``). Its
+        answer goes on for the resume grace, kept for a resume, as a WebSocket
+        client's does."""
+        with self._cut_lock:
+            if self._cutting:
+                return
+            self._cutting = True
+        # Before anything ends the response: its end disconnects the stream, which
+        # would stop the generation.
+        stream = self._relay.store.by_token(self._token)
+        if stream is not None:
+            stream.request.survives_disconnect = True
+        log.warning("stream %s cut: %s", self._completion.id, why)
+        self._relay.slow_client(self._sid)
+        self._cut = True
+        # A write blocked on the socket fails at once; a wait for events ends.
+        close_connection(self._environ)
+        self._connection.moved(self._completion.id)
+
     def close(self) -> None:
+        _WRITERS.discard(self)
+        self._connection.close()
         if not self._closed:
             self._closed = True
             self._relay.disconnect(self._sid)
+
+
+class _Writers:
+    """The streamed responses being written, looked at twice a second for a write
+    that has waited past its ``write_timeout`` (the client stopped reading)."""
+
+    def __init__(self) -> None:
+        self._active: set[SseResponse] = set()
+        self._lock = threading.Lock()
+        self._watching = False
+
+    def add(self, response: SseResponse) -> None:
+        with self._lock:
+            self._active.add(response)
+            start, self._watching = not self._watching, True
+        if start:
+            socketio.start_background_task(self._watch)
+
+    def discard(self, response: SseResponse) -> None:
+        with self._lock:
+            self._active.discard(response)
+
+    def _watch(self) -> None:
+        while True:
+            socketio.sleep(0.5)
+            now = time.monotonic()
+            with self._lock:
+                active = list(self._active)
+            for response in active:
+                since = response.writing_since
+                if since is not None and now - since > response.write_timeout:
+                    try:
+                        response.cut(f"a write waited {response.write_timeout:g} s")
+                    except Exception:
+                        log.exception("closing a stalled response failed")
+
+
+_WRITERS = _Writers()
 
 
 def _event(data: dict[str, Any], seq: int | None = None) -> bytes:

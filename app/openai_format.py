@@ -2,77 +2,61 @@
 read into the relay's ``ChatRequest``, and the relay's events written as
 ``chat.completion.chunk`` and ``chat.completion`` objects and OpenAI-shaped errors.
 
-The request is checked by ``protocol.parse_chat``, the same rules as a Socket.IO
-``chat``; only the shape differs.
+The body's messages and parameters are checked by ``chat_request``, the same rules
+as a Socket.IO ``chat``'s; every parameter the relay does not own goes upstream as
+it came.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from .protocol import ChatRequest, Limits, ProtocolError, parse_chat
-from .providers.base import ANSWER, Kind
+from .chat_request import (
+    ChatRequest,
+    Limits,
+    check_messages,
+    check_model,
+    check_params,
+)
+from .errors import ProtocolError, text_error
+from .providers.base import ANSWER, REASONING, REFUSAL, TOOL_CALL, Piece
+from .toolcalls import assemble
 
 # HTTP status and OpenAI error type of each error code.
 STATUS = {
     "invalid_request": (400, "invalid_request_error"),
+    "host_not_allowed": (400, "invalid_request_error"),
     "unauthorized": (401, "authentication_error"),
     "forbidden_origin": (403, "permission_error"),
     "resume_denied": (403, "permission_error"),
     "model_not_found": (404, "not_found_error"),
+    "not_found": (404, "not_found_error"),
+    "method_not_allowed": (405, "invalid_request_error"),
     "busy": (429, "rate_limit_error"),
     "rate_limited": (429, "rate_limit_error"),
     "upstream_rate_limited": (429, "rate_limit_error"),
     "upstream_error": (400, "invalid_request_error"),
     "upstream_not_found": (404, "not_found_error"),
     "upstream_auth": (502, "api_error"),
+    "upstream_bad_response": (502, "api_error"),
     "internal": (500, "api_error"),
     "shutting_down": (503, "api_error"),
     "interrupted": (503, "api_error"),
     "upstream_unavailable": (503, "api_error"),
     "upstream_timeout": (504, "api_error"),
+    # Every route's, under /v1 in this shape (app/http_limits.py).
+    "request_timeout": (408, "invalid_request_error"),
+    "body_too_large": (413, "invalid_request_error"),
+    "too_many_connections": (429, "rate_limit_error"),
 }
 
 
-class _Part(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    type: str
-    text: str | None = None
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    role: str
-    content: str | list[_Part] | None = None
-
-
-class _StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    include_usage: bool = False
-
-
-class _Body(BaseModel):
-    # OpenAI's SDKs send fields this relay has no use for (top_p, user, …): ignored,
-    # as an OpenAI-compatible server does. Types are checked strictly.
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    messages: list[_Message]
-    model: str | None = None
-    stream: bool = False
-    stream_options: _StreamOptions | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    n: int | None = None
-    # This product's extension, named after the Responses API's: the generation
-    # goes on when the client disconnects, for a resume to pick up.
-    background: bool = False
+# The body's fields this transport reads itself; the rest are request parameters.
+# ``background`` is this product's extension, named after the Responses API's: the
+# generation goes on when the client disconnects, for a resume to pick up.
+_OWN_FIELDS = ("messages", "model", "stream", "stream_options", "background")
 
 
 class Body:
@@ -90,84 +74,69 @@ def new_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
+def read_json(raw: bytes) -> Any:
+    """A request body's JSON, or ``invalid_request``: for a body that is not JSON,
+    nests deeper than the parser goes, or holds a string that is not text."""
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise ProtocolError(
+            "invalid_request", "body: nested too deeply to be a chat request"
+        ) from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise ProtocolError("invalid_request", f"body: not JSON ({exc})") from None
+    # A lone surrogate can only come as a \u escape: without one, nothing to look for.
+    if b"\\u" in raw:
+        message = text_error(data, "body")
+        if message is not None:
+            raise ProtocolError("invalid_request", message)
+    return data
+
+
 def parse_body(data: Any, limits: Limits) -> Body:
     """Read a ``POST /v1/chat/completions`` body, or raise ``ProtocolError`` naming
     the field (``model_not_found`` for a model that is not offered)."""
     if not isinstance(data, dict):
         raise ProtocolError("invalid_request", "body: must be a JSON object")
-    try:
-        body = _Body.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = _field(first["loc"])
-        raise ProtocolError("invalid_request", f"{field}: {first['msg']}") from None
-    if body.n not in (None, 1):
-        raise ProtocolError("invalid_request", "n: only one choice is generated")
-    if body.model is not None and body.model not in limits.models:
+    stream = _flag(data, "stream")
+    background = _flag(data, "background")
+    options = data.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ProtocolError("invalid_request", "stream_options: must be an object")
+    usage = _flag(options or {}, "include_usage", "stream_options.")
+    model = data.get("model")
+    if model is not None and (not isinstance(model, str) or model not in limits.models):
         raise ProtocolError(
             "model_not_found",
-            f"model: {body.model!r} is not offered; choose one of "
+            f"model: {model!r} is not offered; choose one of "
             + ", ".join(repr(m) for m in limits.models),
         )
-    messages = []
-    for index, message in enumerate(body.messages):
-        messages.append({"role": message.role, "content": _text(index, message)})
-    options: dict[str, Any] = {}
-    if body.temperature is not None:
-        options["temperature"] = float(body.temperature)
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    if max_tokens is not None:
-        options["max_tokens"] = max_tokens
-    payload = {"id": new_id(), "messages": messages, "options": options}
-    if body.model is not None:
-        payload["model"] = body.model
-    try:
-        chat = parse_chat(payload, limits)
-    except ProtocolError as exc:
-        # The Socket.IO payload nests the options; the HTTP body does not.
-        raise ProtocolError(exc.code, exc.message.removeprefix("options.")) from None
-    chat.survives_disconnect = body.background
-    usage = body.stream_options is not None and body.stream_options.include_usage
-    return Body(chat, body.stream, usage, body.background)
+    chat = ChatRequest(
+        id=new_id(),
+        messages=check_messages(data.get("messages"), limits),
+        model=check_model(model, limits),
+        params=check_params(
+            {k: v for k, v in data.items() if k not in _OWN_FIELDS}, limits
+        ),
+        survives_disconnect=background,
+    )
+    return Body(chat, stream, usage, background)
 
 
-def _text(index: int, message: _Message) -> str:
-    """A message's text: a string, or the text parts of a content list."""
-    if message.content is None:
-        return ""
-    if isinstance(message.content, str):
-        return message.content
-    texts = []
-    for part_index, part in enumerate(message.content):
-        if part.type != "text" or part.text is None:
-            raise ProtocolError(
-                "invalid_request",
-                f"messages[{index}].content[{part_index}].type: only text parts "
-                "are accepted",
-            )
-        texts.append(part.text)
-    return "".join(texts)
-
-
-# How pydantic names the member of a union in an error's location: not a field.
-_UNION_MEMBERS = {"str", "float", "list[_Part]"}
-
-
-def _field(loc: tuple[Any, ...]) -> str:
-    name = ""
-    for part in loc:
-        if isinstance(part, int):
-            name += f"[{part}]"
-        elif part not in _UNION_MEMBERS:
-            name += f".{part}" if name else str(part)
-    return name or "body"
+def _flag(data: dict[str, Any], name: str, prefix: str = "") -> bool:
+    value = data.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ProtocolError("invalid_request", f"{prefix}{name}: must be true or false")
+    return value
 
 
 # -- what the relay sends, in OpenAI's shapes ------------------------------------------
 
 
 class Completion:
-    """One completion's fixed fields, and its text as it streams."""
+    """One completion's fixed fields, and its pieces as they stream."""
 
     def __init__(self, completion_id: str, model: str, created: int):
         self.id = completion_id
@@ -175,31 +144,55 @@ class Completion:
         self.created = created
         self.started = False
 
-    def chunk(self, kind: Kind, delta: str) -> dict[str, Any]:
-        """A ``chat.completion.chunk`` carrying one chunk event's text."""
-        field = "content" if kind == ANSWER else "reasoning_content"
-        choice_delta: dict[str, Any] = {field: delta}
+    def chunk(self, piece: Piece) -> dict[str, Any]:
+        """A ``chat.completion.chunk`` carrying one chunk event's piece."""
+        choice_delta = _delta(piece)
         if not self.started:
             # OpenAI's first chunk names the role.
             choice_delta = {"role": "assistant", **choice_delta}
             self.started = True
-        return self._chunk([{"index": 0, "delta": choice_delta, "finish_reason": None}])
+        choice: dict[str, Any] = {
+            "index": 0,
+            "delta": choice_delta,
+            "finish_reason": None,
+        }
+        if len(piece) > 2:
+            choice["logprobs"] = {"content": piece[2]}
+        return self._chunk([choice])
 
     def finish(self, done: dict[str, Any]) -> dict[str, Any]:
         """The last chunk with a choice: its ``finish_reason``."""
         choice = {"index": 0, "delta": {}, "finish_reason": done["finish_reason"]}
-        return self._chunk([choice])
+        return self._chunk([choice], done)
 
     def usage_chunk(self, done: dict[str, Any]) -> dict[str, Any]:
         """The chunk ``stream_options.include_usage`` asks for: no choices."""
-        return {**self._chunk([]), "usage": usage(done)}
+        return {**self._chunk([], done), "usage": usage(done)}
 
-    def whole(self, answer: str, reasoning: str, done: dict[str, Any]) -> dict:
+    def whole(self, pieces: list[Piece], done: dict[str, Any]) -> dict:
         """The ``chat.completion`` of a request made without ``stream``."""
-        message: dict[str, Any] = {"role": "assistant", "content": answer}
-        if reasoning:
-            message["reasoning_content"] = reasoning
-        return {
+        texts: dict[str, list[str]] = {ANSWER: [], REASONING: [], REFUSAL: []}
+        logprobs: list[Any] = []
+        for piece in pieces:
+            if piece[0] != TOOL_CALL:
+                texts[piece[0]].append(piece[1])
+                if len(piece) > 2:
+                    logprobs += piece[2]
+        answer = "".join(texts[ANSWER])
+        tool_calls = done.get("tool_calls") or assemble(
+            piece[1] for piece in pieces if piece[0] == TOOL_CALL
+        )
+        message: dict[str, Any] = {
+            "role": "assistant",
+            # OpenAI's: null when the answer is tool calls alone.
+            "content": answer if answer or not tool_calls else None,
+            "refusal": "".join(texts[REFUSAL]) or None,
+        }
+        if texts[REASONING]:
+            message["reasoning_content"] = "".join(texts[REASONING])
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        whole: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
@@ -209,20 +202,50 @@ class Completion:
                     "index": 0,
                     "message": message,
                     "finish_reason": done["finish_reason"],
-                    "logprobs": None,
+                    "logprobs": {"content": logprobs} if logprobs else None,
                 }
             ],
             "usage": usage(done),
         }
+        if done.get("system_fingerprint"):
+            whole["system_fingerprint"] = done["system_fingerprint"]
+        return whole
 
-    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
+    def _chunk(
+        self, choices: list[dict[str, Any]], done: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        chunk = {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "choices": choices,
         }
+        # Known once the upstream has said it: on the last chunks.
+        if done is not None and done.get("system_fingerprint"):
+            chunk["system_fingerprint"] = done["system_fingerprint"]
+        return chunk
+
+
+def _delta(piece: Piece) -> dict[str, Any]:
+    """A piece as OpenAI's ``delta``."""
+    kind = piece[0]
+    if kind == TOOL_CALL:
+        fragment = piece[1]
+        call: dict[str, Any] = {"index": fragment["index"]}
+        if "id" in fragment:
+            call["id"] = fragment["id"]
+            call["type"] = "function"
+        function = {"arguments": fragment["arguments"]}
+        if "name" in fragment:
+            function = {"name": fragment["name"], **function}
+        call["function"] = function
+        return {"tool_calls": [call]}
+    if kind == ANSWER:
+        return {"content": piece[1]}
+    if kind == REFUSAL:
+        return {"refusal": piece[1]}
+    return {"reasoning_content": piece[1]}
 
 
 def usage(done: dict[str, Any]) -> dict[str, Any]:
@@ -232,6 +255,7 @@ def usage(done: dict[str, Any]) -> dict[str, Any]:
         "prompt_tokens": counted["prompt_tokens"],
         "completion_tokens": counted["completion_tokens"],
         "total_tokens": counted["total_tokens"],
+        "prompt_tokens_details": {"cached_tokens": counted.get("cached_tokens", 0)},
         "completion_tokens_details": {"reasoning_tokens": counted["reasoning_tokens"]},
     }
 

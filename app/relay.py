@@ -6,11 +6,16 @@ failure or shutdown gets to ``_end`` first wins, under the stream's lock, and no
 is sent after that. Chunks are kept, so a client that lost its connection can
 ``resume`` and get every chunk it missed, in order, before the live ones.
 
+A resume's replay goes at the pace the client reads (``replay.py``); meanwhile the
+generation keeps its chunks without sending them, and the replay sends them too.
+
 A generation reads the model a batch at a time (``providers.base``). After each chunk
 event it sends, it waits out the coalescing window (``pacing.py``) before it reads
 again, so a stream sends one event per window and the text that came meanwhile rides
 in the next one: fewer reads, fewer frames, the same text.
 """
+
+from __future__ import annotations
 
 import logging
 import random
@@ -21,26 +26,31 @@ from typing import Any
 
 from flask_socketio import SocketIO
 from limits import parse as parse_limit
-from limits.storage import MemoryStorage, storage_from_string
+from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from . import tokens
 from .auth import may_resume
 from .breaker import CircuitBreaker
+from .chat_request import ChatRequest, Limits
 from .cluster import Cluster
-from .delivery import GONE, TRANSPORTS, Connection, LocalConnection, transport_of
+from .delivery import (
+    GONE,
+    TRANSPORTS,
+    Connection,
+    LocalConnection,
+    transport_of,
+)
+from .errors import ProtocolError, already_live, resume_denied
+from .forwarding import Forwarding
+from .internals import ReapedMemoryStorage
 from .metrics import Metrics
 from .pacing import Pacer
-from .protocol import (
-    ChatRequest,
-    Limits,
-    ProtocolError,
-    already_live,
-    resume_denied,
-)
+from .pieces import joined
 from .providers import Provider, Result, UpstreamError
-from .providers.base import ANSWER, Batch
-from .streams import MemoryStreamStore, Stream
+from .providers.base import ANSWER, REFUSAL, Batch, Piece
+from .replay import KeptReplay, Paced, Replay, drained
+from .streams import Event, MemoryStreamStore, Stream
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +75,17 @@ class Relay:
         self.resume_grace: float = config["RESUME_GRACE_SECONDS"]
         self.max_retries: int = config["UPSTREAM_MAX_RETRIES"]
         self.window: float = config["COALESCE_WINDOW_MS"] / 1000
+        # A replay sends this much at a time, each part once what waits for the
+        # client is down to replay_low: together below MAX_QUEUED_BYTES.
+        self.replay_part: int = max(1, config["MAX_QUEUED_BYTES"] // 2)
+        self.replay_low: int = config["MAX_QUEUED_BYTES"] // 4
         self.limits = Limits(
             models=list(provider.models),
             default_model=provider.default_model,
             max_messages=config["MAX_MESSAGES"],
             max_prompt_chars=config["MAX_PROMPT_CHARS"],
             max_tokens_cap=config["MAX_TOKENS_CAP"],
+            client_system_messages=config["CLIENT_SYSTEM_MESSAGES"],
         )
         self.rate = parse_limit(f"{config['CHATS_PER_MINUTE']}/minute")
         # With several nodes the allowance is shared through Redis.
@@ -95,8 +110,6 @@ class Relay:
         )
         self.forwarding = None
         if cluster is not None:
-            from .forwarding import Forwarding
-
             self.forwarding = Forwarding(self, cluster)
         # This node's connections: who they are, and where their events go.
         self.identities: dict[str, str] = {}
@@ -209,10 +222,13 @@ class Relay:
         token: str,
         after: int,
         identity: str | None = None,
+        via: Connection | None = None,
     ) -> int:
         """Send ``sid`` every chunk after ``after``, then the live ones (or the end).
 
-        Returns how many chunks were replayed."""
+        The replay goes through ``via`` when given (another node's client, through
+        that node), else straight to ``sid``'s connection. Returns how many chunks
+        there were to replay."""
         identity = identity or self.identities.get(sid, "unknown")
         stream = self.store.by_token(token)
         if stream is None and self.forwarding is not None:
@@ -238,16 +254,16 @@ class Relay:
                 self.store.attach(stream, sid)
             except LookupError:
                 raise already_live(request_id) from None
-            connection = self.connection(sid)
             replayed = len(stream.parts) - 1 - after
-            for seq in range(after + 1, len(stream.parts)):
-                kind, delta = stream.parts[seq]
-                connection.send_chunk(stream.id, seq, kind, delta)
-            if stream.terminal is not None:
-                connection.send(*stream.terminal)
-                stream.expires_at = time.monotonic() + self.resume_grace
+            replay = Replay(self, stream, sid, via or self.connection(sid), after + 1)
+            # Live chunks and the end wait for the replay from now on.
+            stream.replaying = replay
         if previous is not None and previous != sid:
             self.connection(previous).moved(request_id)
+        # The first part at once (all of a short replay, as before its ack); the
+        # rest as the client drains.
+        if replay.step("drained", waited=False):
+            self.socketio.start_background_task(self._paced, replay.connection, replay)
         self.metrics.resumes.inc()
         log.info("request %s resumed after seq %d", request_id, after)
         return replayed
@@ -310,6 +326,25 @@ class Relay:
         self.metrics.slow_clients.inc()
         log.warning("connection %s closed: the client stopped reading", eio_sid)
 
+    def _paced(self, connection: Connection, replay: Paced) -> None:
+        """Run ``replay`` a part each time ``connection`` has drained, to its end."""
+        while replay.step(drained(connection, self.replay_low), waited=True):
+            pass
+
+    def replay_kept(
+        self,
+        connection: Connection,
+        request_id: str,
+        pieces: list[Piece],
+        first_seq: int,
+        terminal: Event,
+    ) -> None:
+        """Send chunks kept elsewhere (a dead node's mirror), from ``first_seq``,
+        then ``terminal``, at the client's pace."""
+        replay = KeptReplay(self, connection, request_id, pieces, first_seq, terminal)
+        if replay.step("drained", waited=False):
+            self.socketio.start_background_task(self._paced, connection, replay)
+
     def connection(self, sid: str) -> Connection:
         """Where events for ``sid`` go: straight to it when it is connected here,
         else through the message queue to the node it is connected to."""
@@ -354,7 +389,7 @@ class Relay:
                     self.socketio.sleep(_backoff(attempt))
                     if not stream.ended:
                         continue
-                self.fail(stream, exc.code, exc.message)
+                self.fail(stream, exc.code, exc.message, exc.retry_after)
                 return
             except Exception:
                 log.exception("generation %s failed", stream.id)
@@ -386,21 +421,25 @@ class Relay:
         """Send a read's text: one chunk event per kind of text in it (each piece its
         own event when coalescing is off)."""
         if self.window and len(batch) > 1:
-            joined = _joined(batch)
-            if len(joined) < len(batch):
-                self.metrics.coalesced.inc(_merged(batch))
-            batch = joined
+            batch, merged = joined(batch)
+            if merged:
+                self.metrics.coalesced.inc(merged)
         with stream.lock:
             if stream.ended:
                 return
             now = time.monotonic()
             if stream.first_token_at is None:
                 self.metrics.ttft.observe(now - stream.started)
-            connection = self.connection(stream.sid) if stream.sid else None
-            for kind, delta in batch:
-                seq = stream.append(kind, delta, now)
+            # While a resume replays, it sends what comes meanwhile too.
+            connection = (
+                self.connection(stream.sid)
+                if stream.sid and stream.replaying is None
+                else None
+            )
+            for piece in batch:
+                seq = stream.append(piece, now)
                 if connection is not None:
-                    connection.send_chunk(stream.id, seq, kind, delta)
+                    connection.send_chunk(stream.id, seq, piece)
             stream.last_frame_at = now
             self.metrics.chunks.inc(len(batch))
             self.store.touched(stream)
@@ -424,9 +463,15 @@ class Relay:
                 payload["usage"]["completion_tokens"],
             )
 
-    def fail(self, stream: Stream, code: str, message: str) -> None:
+    def fail(
+        self,
+        stream: Stream,
+        code: str,
+        message: str,
+        retry_after: float | None = None,
+    ) -> None:
         """End ``stream`` with an ``error`` event (unless it ended already)."""
-        payload = ProtocolError(code, message, stream.id).payload()
+        payload = ProtocolError(code, message, stream.id, retry_after).payload()
         if self._end(stream, "error", payload):
             log.warning("request %s failed: %s: %s", stream.id, code, message)
 
@@ -447,6 +492,11 @@ class Relay:
                 # how many chunks to wait for.
                 payload["chunks"] = len(stream.parts)
                 payload["usage"] = _usage(stream, result)
+                tool_calls = stream.tool_calls()
+                if tool_calls:
+                    payload["tool_calls"] = tool_calls
+                if result is not None and result.system_fingerprint:
+                    payload["system_fingerprint"] = result.system_fingerprint
                 payload["timing"] = {
                     "ttft_ms": _ms(stream.first_token_at, stream.started),
                     "answer_ttft_ms": _ms(stream.first_answer_at, stream.started),
@@ -459,7 +509,7 @@ class Relay:
                 self.metrics.errors.labels(payload["code"]).inc()
             # Kept for the grace window, for a client that misses the end to resume.
             stream.expires_at = time.monotonic() + self.resume_grace
-            if stream.sid is not None:
+            if stream.sid is not None and stream.replaying is None:
                 self.connection(stream.sid).send(event, payload)
         self.store.ended(stream)
         stream.abort.fire()
@@ -502,43 +552,6 @@ class Relay:
                 self.store.drop(stream)
 
 
-class ReapedMemoryStorage(MemoryStorage):
-    """limits' in-memory storage, its expired counters dropped by the relay's reaper.
-
-    ``MemoryStorage`` starts a timer thread 10 ms after a hit to drop them: under
-    eventlet, a green thread per chat whose teardown leaves reference cycles, that
-    is garbage for the cyclic collector, whose pauses make tokens late. Counters
-    are still checked for expiry as they are read; this only frees stale ones."""
-
-    def _MemoryStorage__schedule_expiry(self) -> None:
-        pass
-
-    def expire(self) -> None:
-        self._MemoryStorage__expire_events()
-
-
-def _joined(batch: Batch) -> Batch:
-    """The batch with consecutive pieces of the same kind joined into one."""
-    joined: Batch = [batch[0]]
-    for kind, text in batch[1:]:
-        if joined[-1][0] == kind:
-            joined[-1] = (kind, joined[-1][1] + text)
-        else:
-            joined.append((kind, text))
-    return joined
-
-
-def _merged(batch: Batch) -> int:
-    """How many of ``_joined(batch)``'s events hold more than one piece: the runs of
-    two or more pieces of one kind."""
-    kinds = [kind for kind, _ in batch]
-    return sum(
-        1
-        for i in range(1, len(kinds))
-        if kinds[i] == kinds[i - 1] and (i == 1 or kinds[i - 2] != kinds[i])
-    )
-
-
 def _usage(stream: Stream, result: Result | None) -> dict[str, Any]:
     reasoning_text = stream.reasoning()
     if result is not None and result.usage is not None:
@@ -553,19 +566,30 @@ def _usage(stream: Stream, result: Result | None) -> dict[str, Any]:
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.total_tokens,
-            "reasoning_tokens": reasoning,
+            "reasoning_tokens": min(reasoning, usage.completion_tokens),
+            "cached_tokens": usage.cached_tokens or 0,
             "estimated": estimated,
         }
     # No usage from upstream (some servers never send it; a cancelled stream cannot):
     # count what was sent and received.
     prompt = tokens.count_messages(stream.messages)
     reasoning = tokens.count_text(reasoning_text)
-    completion = tokens.count_text(stream.text(ANSWER)) + reasoning
+    completion = (
+        tokens.count_text(stream.text(ANSWER))
+        + tokens.count_text(stream.text(REFUSAL))
+        + sum(
+            tokens.count_text(call["function"]["name"])
+            + tokens.count_text(call["function"]["arguments"])
+            for call in stream.tool_calls()
+        )
+        + reasoning
+    )
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "reasoning_tokens": reasoning,
+        "cached_tokens": 0,
         "estimated": True,
     }
 

@@ -10,9 +10,10 @@ import threading
 import time
 from typing import Any
 
+from .chat_request import ChatRequest
 from .delivery import transport_of
-from .protocol import ChatRequest
-from .providers.base import ANSWER, REASONING, Abort, Kind, Piece
+from .providers.base import ANSWER, REASONING, TOOL_CALL, Abort, Kind, Piece
+from .toolcalls import assemble
 
 Event = tuple[str, dict[str, Any]]
 
@@ -55,6 +56,9 @@ class Stream:
         # Held while deciding and sending each event, so that events leave in order
         # and nothing follows the terminal one.
         self.lock = threading.Lock()
+        # The resume replaying the kept chunks to ``sid`` (``relay.Replay``), while
+        # it does: the generation keeps its chunks and its end for it to send.
+        self.replaying: object | None = None
 
     @property
     def id(self) -> str:
@@ -64,21 +68,25 @@ class Stream:
     def ended(self) -> bool:
         return self.terminal is not None or self.abandoned
 
-    def append(self, kind: Kind, delta: str, now: float) -> int:
+    def append(self, piece: Piece, now: float) -> int:
         """Keep a chunk sent at ``now``; return its ``seq``."""
         if self.first_token_at is None:
             self.first_token_at = now
-        if kind == ANSWER and self.first_answer_at is None:
+        if piece[0] == ANSWER and self.first_answer_at is None:
             self.first_answer_at = now
-        self.parts.append((kind, delta))
+        self.parts.append(piece)
         return len(self.parts) - 1
 
     def text(self, kind: Kind = ANSWER) -> str:
-        """The text of one kind sent so far: the answer, or the reasoning."""
-        return "".join(text for part_kind, text in self.parts if part_kind == kind)
+        """The text of one kind sent so far: the answer, reasoning or refusal."""
+        return "".join(part[1] for part in self.parts if part[0] == kind)
 
     def reasoning(self) -> str:
         return self.text(REASONING)
+
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls made so far, whole, in OpenAI's message shape."""
+        return assemble(part[1] for part in self.parts if part[0] == TOOL_CALL)
 
 
 class MemoryStreamStore:

@@ -5,6 +5,7 @@ bpe-openai ships OpenAI's encodings inside the package, so counting works offlin
 """
 
 from functools import lru_cache
+from typing import Any
 
 import bpe_openai
 
@@ -29,10 +30,19 @@ def count_text(text: str) -> int:
     return len(_encoding().encode_ordinary(text)) if text else 0
 
 
-def count_messages(messages: list[dict[str, str]]) -> int:
-    """Prompt tokens of a chat, counted the way OpenAI bills chat messages."""
+def count_messages(messages: list[dict[str, Any]]) -> int:
+    """Prompt tokens of a chat's text, counted the way OpenAI bills chat messages
+    (images are billed by their size, which only the upstream knows: not counted)."""
     total = TOKENS_REPLY_PRIMER
     for message in messages:
         total += TOKENS_PER_MESSAGE + count_text(message["role"])
-        total += count_text(message["content"])
+        content = message.get("content")
+        if isinstance(content, str):
+            total += count_text(content)
+        else:
+            for part in content or ():
+                total += count_text(part.get("text") or "")
+        for call in message.get("tool_calls") or ():
+            function = call["function"]
+            total += count_text(function["name"]) + count_text(function["arguments"])
     return total

@@ -4,7 +4,7 @@ token.
 Concurrent streams are ramped (100, 250, 500, 1000, 2000) at 50 tokens/s each, in
 two series per target:
 
-- ``upstream`` (the headline): every stream comes from ``tests/openai_server.py``
+- ``upstream`` (the headline): every stream comes from ``tests/openai_server/``
   over real HTTP, read by the target's own upstream client (the relay's openai
   provider, the peers' ``openai`` package), as it runs in production;
 - ``demo``: "demo model, paced inside the server": the source is paced inside the

@@ -1,7 +1,7 @@
 """Where the relay's time goes under load: py-spy on its gunicorn worker.
 
 Runs the capacity load (N streams at 50 tokens/s, kept in flight) against one relay,
-from ``tests/openai_server.py`` over HTTP (``--source upstream``, the default) or from
+from ``tests/openai_server/`` over HTTP (``--source upstream``, the default) or from
 the relay's demo model (``--source demo``), and, after the warm-up, records the
 worker with py-spy twice: a raw profile, summarised here as the functions with the
 most samples (own time and inclusive time), then a flame graph (profile.svg).

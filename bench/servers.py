@@ -165,7 +165,7 @@ def _zombie(pid: int) -> bool:
 
 
 class Upstream(Server):
-    """``tests/openai_server.py``: the OpenAI-compatible streaming test server."""
+    """``tests/openai_server/``: the OpenAI-compatible streaming test server."""
 
     def __init__(self, ttft: float, tps: float, reply_tokens: int):
         port = free_port()

@@ -13,6 +13,7 @@ last chunks. The caller serialises the calls (``ChatClient`` holds a lock).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, NamedTuple
 
@@ -20,6 +21,10 @@ from client.errors import ChatConnectionError, ChatError
 
 ANSWER = "answer"
 REASONING = "reasoning"
+REFUSAL = "refusal"
+TOOL_CALL = "tool_call"
+
+log = logging.getLogger(__name__)
 
 # How long a hole in ``seq`` may last before the client asks for the missing chunks
 # again. python-socketio runs each event's handler on a thread of its own, so a chunk
@@ -37,15 +42,104 @@ GAP_RESUMES = 3
 RESUME_REFUSALS = frozenset({"resume_denied", "invalid_request"})
 
 
-class Delta(NamedTuple):
-    """A piece of the model's text, in ``seq`` order.
+class ToolCallRef(NamedTuple):
+    """The tool call a ``"tool_call"`` delta is a piece of.
 
-    ``kind`` is ``"reasoning"`` for the model's reasoning ("thinking"), which comes
-    first, or ``"answer"`` for the answer itself.
+    ``index`` is 0, 1, … in the order the model made its calls; ``id`` and ``name``
+    are the call's, as its first fragment gave them (``""`` until one did).
     """
 
+    index: int
+    id: str
+    name: str
+
+
+class _Pair(NamedTuple):
     kind: str
     text: str
+
+
+class Delta(_Pair):
+    """A piece of the model's output, in ``seq`` order: a ``(kind, text)`` pair.
+
+    ``kind`` is ``"reasoning"`` for the model's reasoning ("thinking"), which comes
+    first, ``"answer"`` for the answer itself, ``"refusal"`` for a refusal the
+    model gave in its place, or ``"tool_call"`` for a piece of a tool call's
+    arguments (JSON text): ``tool_call`` (a ``ToolCallRef``) then says which call.
+
+    A pair still, so that ``for kind, text in chat.stream(..., reasoning=True)``
+    unpacks every delta; ``tool_call`` is an attribute rather than a third field
+    for that reason (``None`` for text).
+    """
+
+    tool_call: ToolCallRef | None = None
+
+    def __new__(
+        cls, kind: str, text: str, tool_call: ToolCallRef | None = None
+    ) -> Delta:
+        delta = super().__new__(cls, kind, text)
+        if tool_call is not None:
+            delta.tool_call = tool_call
+        return delta
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, tuple):
+            return NotImplemented
+        return tuple.__eq__(self, other) and self.tool_call == getattr(
+            other, "tool_call", None
+        )
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self) -> int:
+        return hash((tuple(self), self.tool_call))
+
+    def _replace(self, **fields: str) -> Delta:
+        pair = super()._replace(**fields)
+        return Delta(pair.kind, pair.text, self.tool_call)
+
+    def __repr__(self) -> str:
+        extra = "" if self.tool_call is None else f", tool_call={self.tool_call!r}"
+        return f"Delta(kind={self.kind!r}, text={self.text!r}{extra})"
+
+
+def _tool_call_delta(fragment: Any) -> Delta | None:
+    """The delta of a ``tool_call`` chunk's fragment, None when it is malformed."""
+    if not isinstance(fragment, dict):
+        return None
+    index, arguments = fragment.get("index"), fragment.get("arguments", "")
+    call_id, name = fragment.get("id") or "", fragment.get("name") or ""
+    if (
+        not isinstance(index, int)
+        or isinstance(index, bool)
+        or index < 0
+        or not isinstance(arguments, str)
+        or not isinstance(call_id, str)
+        or not isinstance(name, str)
+    ):
+        return None
+    return Delta(TOOL_CALL, arguments, ToolCallRef(index, call_id, name))
+
+
+class _Call:
+    """A tool call as its fragments come in."""
+
+    __slots__ = ("id", "name", "arguments")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.arguments: list[str] = []
+
+    def shape(self) -> dict[str, Any]:
+        """OpenAI's shape, as a ``done`` gives it and a request sends it back."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": "".join(self.arguments)},
+        }
 
 
 def _chunks(done: dict[str, Any]) -> int:
@@ -54,7 +148,8 @@ def _chunks(done: dict[str, Any]) -> int:
 
 
 class Answer:
-    """One request's answer: its text so far, in ``seq`` order, and how it ended.
+    """One request's answer: its text and tool calls so far, in ``seq`` order, and
+    how it ended.
 
     ``apply(event, data)`` returns the deltas the event put in order, and raises
     ``ChatError`` when the event ends the request with a failure. ``result`` is the
@@ -62,8 +157,11 @@ class Answer:
     """
 
     def __init__(self) -> None:
-        self.parts: list[str] = []  # the answer's text, piece by piece
+        # The answer's text, piece by piece: what stream() yields, a refusal too.
+        self.parts: list[str] = []
         self.reasoning_parts: list[str] = []
+        self.refusal_parts: list[str] = []
+        self.calls: dict[int, _Call] = {}  # the tool calls by index, as assembled
         self.next_seq = 0  # the seq of the next chunk to take
         self.pending: dict[int, Delta] = {}  # chunks that overtook a missing seq
         self.acked = False  # the chat was accepted
@@ -91,31 +189,62 @@ class Answer:
 
     def feed(self, event: str, data: dict[str, Any]) -> list[str]:
         """Take one event; returns the answer text now in order, as ``stream()``
-        yields it (reasoning left out)."""
-        return [delta.text for delta in self.apply(event, data) if delta.kind == ANSWER]
+        yields it (a refusal included; reasoning and tool calls left out)."""
+        return [
+            delta.text
+            for delta in self.apply(event, data)
+            if delta.kind in (ANSWER, REFUSAL)
+        ]
 
     def apply_chunk(self, data: dict[str, Any]) -> list[Delta]:
         """Put a chunk in seq order; early ones wait in ``pending``, duplicates
-        (a resume replays what may have arrived already) are dropped."""
-        seq, text = data.get("seq"), data.get("delta")
-        if not isinstance(seq, int) or not isinstance(text, str):
+        (a resume replays what may have arrived already) are dropped. Text and
+        tool-call chunks share the one ``seq`` space."""
+        seq, kind = data.get("seq"), data.get("kind")
+        if not isinstance(seq, int):
             return []
+        if kind == TOOL_CALL:
+            delta = _tool_call_delta(data.get("tool_call"))
+            if delta is None:
+                return []
+        else:
+            text = data.get("delta")
+            if not isinstance(text, str):
+                return []
+            # No kind is answer text, and so is a kind this client does not know:
+            # what a client that ignores kind shows.
+            delta = Delta(kind if kind in (REASONING, REFUSAL) else ANSWER, text)
         if seq < self.next_seq or seq in self.pending:
             return []
-        # No kind is answer text: what a client that ignores kind shows.
-        kind = REASONING if data.get("kind") == REASONING else ANSWER
-        self.pending[seq] = Delta(kind, text)
+        self.pending[seq] = delta
         ready = []
         while self.next_seq in self.pending:
-            ready.append(self.pending.pop(self.next_seq))
+            ready.append(self._take(self.pending.pop(self.next_seq)))
             self.next_seq += 1
-        for delta in ready:
-            (self.reasoning_parts if delta.kind == REASONING else self.parts).append(
-                delta.text
-            )
         if self.done_early is not None and self.next_seq >= _chunks(self.done_early):
-            self.result, self.done_early = self.done_early, None
+            self._finish(self.done_early)
         return ready
+
+    def _take(self, delta: Delta) -> Delta:
+        """Add a delta, now in order, to what the answer holds; a tool-call delta
+        comes back naming its call's id and name."""
+        if delta.kind == REASONING:
+            self.reasoning_parts.append(delta.text)
+            return delta
+        if delta.kind != TOOL_CALL:
+            self.parts.append(delta.text)
+            if delta.kind == REFUSAL:
+                self.refusal_parts.append(delta.text)
+            return delta
+        ref = delta.tool_call
+        assert ref is not None  # made so by _tool_call_delta
+        call = self.calls.setdefault(ref.index, _Call())
+        # The id and name come with a call's first fragment; one that comes late
+        # is kept, one sent again does not replace the first.
+        call.id = call.id or ref.id
+        call.name = call.name or ref.name
+        call.arguments.append(delta.text)
+        return Delta(TOOL_CALL, delta.text, ToolCallRef(ref.index, call.id, call.name))
 
     def apply_done(self, data: dict[str, Any]) -> None:
         """Finish the answer, or, when the done counts chunks not all here yet,
@@ -123,7 +252,21 @@ class Answer:
         if self.next_seq < _chunks(data):
             self.done_early = data
         else:
-            self.result = data
+            self._finish(data)
+
+    def _finish(self, done: dict[str, Any]) -> None:
+        self.result, self.done_early = done, None
+        sent = done.get("tool_calls")
+        if isinstance(sent, list) and sent != self.assembled_tool_calls:
+            # The done's calls win (see tool_calls); a difference means a fragment
+            # this client could not read or a server that assembles otherwise, and
+            # is worth a word in the log.
+            log.warning(
+                "the done's tool calls differ from their chunks; using the done's: "
+                "%r, not %r",
+                sent,
+                self.assembled_tool_calls,
+            )
 
     def apply_error(self, data: dict[str, Any]) -> None:
         """End the request with the server's error, but for the two that do not
@@ -232,10 +375,34 @@ class Answer:
 
     @property
     def text(self) -> str:
-        """The answer's text so far; what joins the history."""
+        """The answer's text so far, a refusal included; what joins the history."""
         return "".join(self.parts)
 
     @property
     def reasoning(self) -> str:
         """The reasoning text so far; never sent back to the server."""
         return "".join(self.reasoning_parts)
+
+    @property
+    def refusal(self) -> str:
+        """The text of a refusal the model gave in place of an answer, ``""`` for
+        none."""
+        return "".join(self.refusal_parts)
+
+    @property
+    def assembled_tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls as their chunks give them so far, in OpenAI's shape, in
+        the order the model made them."""
+        return [self.calls[index].shape() for index in sorted(self.calls)]
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The answer's tool calls, in OpenAI's shape.
+
+        The done's ``tool_calls``, when it has them, are authoritative: the server
+        assembled them from the upstream's whole stream, and they are what the
+        next request must send back exactly. Otherwise (before the done, or a done
+        without them) the calls as assembled from their chunks.
+        """
+        sent = (self.result or {}).get("tool_calls")
+        return sent if isinstance(sent, list) else self.assembled_tool_calls

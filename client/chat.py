@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import queue
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, overload
 
 import socketio
 
-from client.answer import ANSWER, GAP_RESUMES, GAP_SECONDS, Answer, Delta
+from client.answer import ANSWER, GAP_RESUMES, GAP_SECONDS, REFUSAL, Answer, Delta
 from client.errors import ChatConnectionError, ChatError
+from client.images import ImageSource, image_url
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 
@@ -25,6 +27,10 @@ DEFAULT_URL = "http://127.0.0.1:5000"
 _POLL_SECONDS = 1.0
 
 EventCallback = Callable[[str, dict[str, Any]], None]
+
+# The ends after which an answer's tool calls may be cut short (their arguments
+# incomplete): such calls do not join the history.
+_CUT_SHORT = frozenset({"cancelled", "length", "content_filter"})
 
 
 class _GapPersists(ChatError):
@@ -110,12 +116,15 @@ class ChatClient:
 
     A reasoning model's reasoning comes before its answer: ``stream(prompt)``
     yields the answer only, ``stream(prompt, reasoning=True)`` both, as ``Delta``
-    pairs (``kind``, ``text``). The history holds the answers only.
+    pairs (``kind``, ``text``), and the model's tool calls too. The history holds
+    OpenAI-shaped messages: the user's, the answers (never the reasoning) with
+    their tool calls, and the tools' results.
 
     ``last_result`` is the last completed answer's ``done`` payload as the server
     sent it (``finish_reason``, ``usage`` with ``reasoning_tokens``, ``timing`` with
     ``answer_ttft_ms``, ``model``), plus ``reasoning``: its reasoning text, ``""``
-    when it had none.
+    when it had none; ``refusal``: the text of a refusal, ``""`` for none; and
+    ``tool_calls``: the calls it made, in OpenAI's shape, ``[]`` for none.
     """
 
     def __init__(
@@ -124,12 +133,21 @@ class ChatClient:
         *,
         model: str | None = None,
         options: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        system: str | None = None,
         token: str | None = None,
         timeout: float = 10.0,
         resume_timeout: float = 30.0,
         on_event: EventCallback | None = None,
     ) -> None:
-        """``token`` is sent as ``{token}`` auth to servers that require one.
+        """``options`` are request fields sent with every request (``temperature``,
+        ``tool_choice``, …); ``tools`` is the ``tools`` one, the tools the model
+        may call.
+
+        ``system`` is sent as a ``system`` message before the history, with every
+        request (the server's own system prompt, if it has one, comes first).
+
+        ``token`` is sent as ``{token}`` auth to servers that require one.
 
         ``timeout`` bounds connecting and the wait for the server's first answer.
 
@@ -146,11 +164,13 @@ class ChatClient:
         self.url = url
         self.model = model
         self.options = dict(options or {})
+        self.tools = tools
+        self.system = system
         self.timeout = timeout
         self.resume_timeout = resume_timeout
         self.on_event = on_event
         self.token = token
-        self.history: list[dict[str, str]] = []
+        self.history: list[dict[str, Any]] = []
         self.last_result: dict[str, Any] | None = None
         self._requests: dict[str, _Request] = {}
         self._requests_lock = threading.Lock()
@@ -251,29 +271,38 @@ class ChatClient:
     @overload
     def stream(
         self,
-        prompt: str,
+        prompt: str | None = ...,
         *,
         model: str | None = ...,
         options: dict[str, Any] | None = ...,
+        tools: list[dict[str, Any]] | None = ...,
+        images: Sequence[ImageSource] | None = ...,
+        tool_results: Mapping[str, str] | None = ...,
         reasoning: Literal[False] = ...,
     ) -> Iterator[str]: ...
 
     @overload
     def stream(
         self,
-        prompt: str,
+        prompt: str | None = ...,
         *,
         model: str | None = ...,
         options: dict[str, Any] | None = ...,
+        tools: list[dict[str, Any]] | None = ...,
+        images: Sequence[ImageSource] | None = ...,
+        tool_results: Mapping[str, str] | None = ...,
         reasoning: Literal[True],
     ) -> Iterator[Delta]: ...
 
     def stream(
         self,
-        prompt: str,
+        prompt: str | None = None,
         *,
         model: str | None = None,
         options: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        images: Sequence[ImageSource] | None = None,
+        tool_results: Mapping[str, str] | None = None,
         reasoning: bool = False,
     ) -> Iterator[str] | Iterator[Delta]:
         """Send ``prompt`` with the history and yield the answer's text as it comes.
@@ -285,12 +314,32 @@ class ChatClient:
             for kind, text in chat.stream("Why is the sky blue?", reasoning=True):
                 print(text, end="", flush=True)
 
+        A refusal the model gives in place of an answer is yielded as answer text
+        (``Delta("refusal", text)`` with ``reasoning=True``), and kept in
+        ``last_result["refusal"]``. Tool calls are yielded with ``reasoning=True``
+        only: ``Delta("tool_call", arguments_piece)``, whose ``tool_call`` names
+        the call (``index``, ``id``, ``name``); ``last_result["tool_calls"]`` holds
+        them whole.
+
+        ``tools`` (``tool_choice`` and any other request field go in ``options``)
+        lets the model call tools. An answer that does joins the history with its
+        calls, which wait for their results: ``stream(tool_results={call_id:
+        output})``, with no prompt, sends one ``tool`` message per call, in the
+        order of the calls, and streams the model's next turn. A ``ValueError``
+        refuses results that do not answer exactly the waiting calls, and a new
+        prompt while calls wait.
+
+        ``images``: local image files (sent as ``data:`` URLs, up to
+        ``MAX_IMAGE_BYTES`` each) or ``http(s)://`` URLs, attached to the prompt;
+        the history keeps them, and sends them again with every request.
+
         At ``done`` the exchange joins the history (the answer's text only, never
         the reasoning) and ``last_result`` holds the ``done`` payload and the
         reasoning text. A failure raises ``ChatError`` and leaves the history as it
         was. Leaving the loop early cancels the request, as ``stop()`` does: the
         partial answer joins the history (unless it is empty, as it is while the
-        model is still reasoning: the server refuses empty turns).
+        model is still reasoning: the server refuses empty turns), without any tool
+        call it had begun.
 
         A dropped connection is reconnected and the answer resumed unseen; it
         raises ``ChatError("disconnected")`` only when that fails for
@@ -302,12 +351,20 @@ class ChatClient:
         """
         if self._live is not None:
             raise RuntimeError("this client is already streaming an answer")
-        turn = {"role": "user", "content": prompt}
-        payload: dict[str, Any] = {"messages": [*self.history, turn]}
+        turns = self._turns(prompt, images, tool_results)
+        system = (
+            [] if self.system is None else [{"role": "system", "content": self.system}]
+        )
+        payload: dict[str, Any] = {"messages": [*system, *self.history, *turns]}
         model = model if model is not None else self.model
         if model is not None:
             payload["model"] = model
-        merged = {**self.options, **(options or {})}
+        merged = dict(self.options)
+        if self.tools is not None:
+            merged["tools"] = self.tools
+        merged.update(options or {})
+        if tools is not None:
+            merged["tools"] = tools
         if merged:
             payload["options"] = merged
 
@@ -316,7 +373,8 @@ class ChatClient:
             self._connected.wait(self.timeout)
         request = _Request()
         payload = {"id": request.id, **payload}
-        self.history.append(turn)
+        start = len(self.history)
+        self.history.extend(turns)
         self._live = request
         # Registered before the emit: a chunk may arrive before the ack.
         with self._requests_lock:
@@ -338,7 +396,7 @@ class ChatClient:
                 for delta in step.ready:
                     if reasoning:
                         yield delta
-                    elif delta.kind == ANSWER:
+                    elif delta.kind in (ANSWER, REFUSAL):
                         yield delta.text
         except GeneratorExit:
             # The consumer left early: cancel, then wait briefly for the done so
@@ -363,18 +421,40 @@ class ChatClient:
             with self._requests_lock:
                 self._requests.pop(request.id, None)
             self._live = None
-            self._settle(turn, request)
+            self._settle(start, turns, request)
 
     def ask(
         self,
-        prompt: str,
+        prompt: str | None = None,
         *,
         model: str | None = None,
         options: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        images: Sequence[ImageSource] | None = None,
+        tool_results: Mapping[str, str] | None = None,
     ) -> str:
-        """The whole answer to ``prompt``, as ``stream`` would yield it; any
-        reasoning is in ``last_result["reasoning"]``."""
-        return "".join(self.stream(prompt, model=model, options=options))
+        """The whole answer to ``prompt`` (or to ``tool_results``), as ``stream``
+        would yield it; any reasoning is in ``last_result["reasoning"]``, any tool
+        calls in ``last_result["tool_calls"]``."""
+        return "".join(
+            self.stream(
+                prompt,
+                model=model,
+                options=options,
+                tools=tools,
+                images=images,
+                tool_results=tool_results,
+            )
+        )
+
+    @property
+    def pending_tool_calls(self) -> list[dict[str, Any]]:
+        """The last answer's tool calls while they wait for their results
+        (``stream(tool_results=...)``), in OpenAI's shape; ``[]`` when none do."""
+        last = self.history[-1] if self.history else {}
+        if last.get("role") != "assistant":
+            return []
+        return list(last.get("tool_calls") or [])
 
     def stop(self) -> None:
         """Cancel the live request; its stream ends with ``finish_reason`` cancelled.
@@ -391,11 +471,79 @@ class ChatClient:
             ).start()
 
     def reset(self) -> None:
-        """Forget the conversation."""
+        """Forget the conversation (``system`` stays)."""
         self.history.clear()
         self.last_result = None
 
     # Internals
+
+    def _turns(
+        self,
+        prompt: str | None,
+        images: Sequence[ImageSource] | None,
+        tool_results: Mapping[str, str] | None,
+    ) -> list[dict[str, Any]]:
+        """The messages a request adds to the history, or ``ValueError`` saying
+        what is wrong with the arguments."""
+        pending = self.pending_tool_calls
+        if tool_results is not None:
+            if prompt is not None or images:
+                raise ValueError(
+                    "tool_results goes alone: no prompt or images with it (the "
+                    "model's next turn answers the results)"
+                )
+            return self._tool_turns(pending, tool_results)
+        if prompt is None:
+            raise ValueError("a prompt is needed, or tool_results for tool calls")
+        if pending:
+            ids = ", ".join(repr(call["id"]) for call in pending)
+            raise ValueError(
+                f"the last answer's tool calls ({ids}) wait for their results: "
+                "send them with tool_results={call_id: output} first (or reset())"
+            )
+        if isinstance(images, (str, bytes)):
+            raise ValueError("images must be a list of paths or URLs")
+        if not images:
+            return [{"role": "user", "content": prompt}]
+        parts: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
+        parts += [
+            {"type": "image_url", "image_url": {"url": image_url(image)}}
+            for image in images
+        ]
+        return [{"role": "user", "content": parts}]
+
+    @staticmethod
+    def _tool_turns(
+        pending: list[dict[str, Any]], results: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        if not isinstance(results, Mapping):
+            raise ValueError("tool_results must map each call's id to its output")
+        if not pending:
+            raise ValueError("tool_results: no tool calls wait for results")
+        ids = [call["id"] for call in pending]
+        missing = [call_id for call_id in ids if call_id not in results]
+        unknown = [call_id for call_id in results if call_id not in ids]
+        if missing or unknown:
+            problems = []
+            if missing:
+                problems.append("no result for " + ", ".join(map(repr, missing)))
+            if unknown:
+                problems.append("no call waits for " + ", ".join(map(repr, unknown)))
+            raise ValueError(
+                "tool_results must answer exactly the calls that wait ("
+                + ", ".join(map(repr, ids))
+                + "): "
+                + "; ".join(problems)
+            )
+        for call_id in ids:
+            if not isinstance(results[call_id], str):
+                raise ValueError(
+                    f"tool_results[{call_id!r}] must be text (json.dumps a value)"
+                )
+        return [
+            {"role": "tool", "tool_call_id": call_id, "content": results[call_id]}
+            for call_id in ids
+        ]
 
     def _emit(
         self, event: str, data: dict[str, Any], callback: Callable[..., None]
@@ -502,21 +650,39 @@ class ChatClient:
                 if self._next_step(request, deadline).failure is not None:
                     return
 
-    def _settle(self, turn: dict[str, str], request: _Request) -> None:
-        """Record a finished exchange, or take back the turn of a failed one."""
-        ours = bool(self.history) and self.history[-1] is turn  # unless reset()
+    def _settle(
+        self, start: int, turns: list[dict[str, Any]], request: _Request
+    ) -> None:
+        """Record a finished exchange, or take back the turns of a failed one."""
+        # Unless reset() (or another change) came in between.
+        ours = list(map(id, self.history[start:])) == list(map(id, turns))
         result = request.result  # as the stream consumed it
+        text, calls = "", []
         if result is not None:
             with request.lock:
-                text, reasoning = request.answer.text, request.answer.reasoning
-            self.last_result = {**result, "reasoning": reasoning}
+                answer = request.answer
+                text, calls = answer.text, answer.tool_calls
+                self.last_result = {
+                    **result,
+                    "reasoning": answer.reasoning,
+                    "refusal": answer.refusal,
+                    "tool_calls": calls,
+                }
+            if result.get("finish_reason") in _CUT_SHORT:
+                # A call cut short is no call the model made: its arguments may
+                # be incomplete, and it would wait for a result.
+                calls = []
         if not ours:
             return
-        if result is not None and text:
-            self.history.append({"role": "assistant", "content": text})
+        if result is not None and (text or calls):
+            # OpenAI's shape: no text beside tool calls is null content.
+            message: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if calls:
+                message["tool_calls"] = copy.deepcopy(calls)
+            self.history.append(message)
         else:
             # Failed, or stopped before any text: the server rejects an empty turn.
-            self.history.pop()
+            del self.history[start:]
 
     def _registered(self) -> list[_Request]:
         with self._requests_lock:

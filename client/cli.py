@@ -10,6 +10,9 @@ terminal, with a blank line between the two; ``--no-reasoning`` leaves it out.
 A connection that drops mid-answer is reconnected and the answer resumed where it
 stopped; ``--json`` shows the ``resume_ack``, plain output notes ``[reconnected]`` on
 stderr after the answer.
+
+A tool call the model makes is noted on stderr after the answer, as
+``[tool call NAME(ARGUMENTS)]``; the command line runs no tools.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from client.answer import REASONING, Delta
+from client.answer import REASONING, TOOL_CALL, Delta
 from client.chat import DEFAULT_URL, ChatClient
 from client.errors import ChatConnectionError, ChatError
+from client.images import MAX_IMAGE_BYTES, image_url
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -64,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="auth token, for servers that require one (default: $CHAT_TOKEN)",
     )
     parser.add_argument("--model", help="the model to ask (default: the server's)")
+    parser.add_argument(
+        "--system", help="a system message, sent before the conversation"
+    )
+    parser.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="attach an image (a file of up to "
+        f"{MAX_IMAGE_BYTES // 2**20} MiB, or an http(s) URL) to the prompt, or to "
+        "the first one typed; repeat for several",
+    )
     parser.add_argument("--temperature", type=float, help="sampling temperature")
     parser.add_argument("--max-tokens", type=int, help="cap on the answer's tokens")
     parser.add_argument(
@@ -112,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         if not prompt:
             parser.error("no prompt given and stdin is empty")
 
+    try:
+        images = [image_url(image) for image in args.image]
+    except ValueError as exc:
+        parser.error(f"--image: {exc}")
+
     options: dict[str, Any] = {}
     if args.temperature is not None:
         options["temperature"] = args.temperature
@@ -122,11 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         args.url,
         model=args.model,
         options=options,
+        system=args.system,
         token=args.token,
         timeout=args.timeout,
     )
     session = _Session(
-        chat, json_mode=args.json, stats=args.stats, reasoning=args.reasoning
+        chat,
+        json_mode=args.json,
+        stats=args.stats,
+        reasoning=args.reasoning,
+        images=images,
     )
     chat.on_event = session.on_event
     previous = None
@@ -160,12 +186,20 @@ class _Session:
     """Runs exchanges and owns Ctrl-C: the first stops the answer, a second exits."""
 
     def __init__(
-        self, chat: ChatClient, *, json_mode: bool, stats: bool, reasoning: bool
+        self,
+        chat: ChatClient,
+        *,
+        json_mode: bool,
+        stats: bool,
+        reasoning: bool,
+        images: list[str] | None = None,
     ) -> None:
         self.chat = chat
         self.json_mode = json_mode
         self.stats = stats
         self.reasoning = reasoning
+        # The images for the next prompt (the first one): data: or http(s) URLs.
+        self.images = list(images or [])
         self.streaming = False
         self.interrupted = False
         self.resumed = False
@@ -186,15 +220,27 @@ class _Session:
 
     def exchange(self, prompt: str) -> int:
         """Send one prompt and print its answer; returns the exit status."""
+        if self.chat.pending_tool_calls:
+            # The model waits for results that only a program running the tools
+            # can give.
+            print(
+                "error: the last answer asked for tool calls, which this command "
+                "line does not run; /reset starts a new conversation",
+                file=sys.stderr,
+                flush=True,
+            )
+            return EXIT_USAGE
         self.interrupted = False
         self.resumed = False
         self.streaming = True
         text = _Text(reasoning=self.reasoning)
+        images, self.images = self.images, []
         try:
-            for delta in self.chat.stream(prompt, reasoning=True):
+            for delta in self.chat.stream(prompt, images=images, reasoning=True):
                 if not self.json_mode:
                     text.write(delta)
         except ChatError as exc:
+            self.images = images  # for the next prompt, as the history is unchanged
             if text.wrote:
                 print(flush=True)
             _error(exc)
@@ -203,12 +249,19 @@ class _Session:
             return EXIT_FAILED
         finally:
             self.streaming = False
+        calls = self.chat.pending_tool_calls
         if not self.json_mode:
-            print(flush=True)
+            if text.wrote or not calls:
+                print(flush=True)
             if self.resumed:
                 # After the answer rather than inside it: stdout and stderr often
                 # share the terminal.
                 _note("[reconnected]")
+            for call in calls:
+                function = call.get("function") or {}
+                _note(
+                    f"[tool call {function.get('name')}({function.get('arguments')})]"
+                )
         result = self.chat.last_result or {}
         if self.stats:
             _note(_format_stats(result))
@@ -251,6 +304,8 @@ class _Text:
         self.tail: str | None = None
 
     def write(self, delta: Delta) -> None:
+        if delta.kind == TOOL_CALL:
+            return  # noted once complete, after the answer
         if delta.kind == REASONING:
             if not self.reasoning:
                 return

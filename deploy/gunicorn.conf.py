@@ -2,7 +2,8 @@
 
 Scale out with more single-worker processes behind a sticky load balancer instead.
 ASYNC_MODE=gevent (default) uses the gevent worker, ASYNC_MODE=eventlet the eventlet
-worker, and ASYNC_MODE=threading gthread with one thread per connection.
+worker, and ASYNC_MODE=threading gthread with one thread per connection. wsgi.py runs
+the app in the mode of the worker that loads it (also one given with -k).
 """
 
 import os
@@ -15,12 +16,11 @@ workers = 1
 # server_full (MAX_CONNECTIONS), so that /healthz always finds a socket.
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
 mode = os.environ.get("ASYNC_MODE") or "gevent"
-if mode in ("eventlet", "gevent"):
-    worker_class = mode
-else:
-    worker_class = "gthread"
-    # A WebSocket holds its thread for as long as it is open.
-    threads = int(os.environ.get("THREADS", "200"))
+worker_class = mode if mode in ("eventlet", "gevent") else "gthread"
+# A WebSocket holds its thread for as long as it is open. Set whatever the mode, so
+# that a worker class given on the command line (-k gthread) gets them too; the
+# gevent and eventlet workers ignore it.
+threads = int(os.environ.get("THREADS", "200"))
 # Streams are long-lived; the worker heartbeat, not the request, is what timeout bounds.
 timeout = 60
 # The app drains its streams for SHUTDOWN_GRACE_SECONDS; gunicorn waits a little longer.

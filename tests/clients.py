@@ -3,11 +3,13 @@ they do: raw TCP and WebSocket connections from a loopback address of their own,
 long-polling handshake, the relay's metrics and its worker process."""
 
 import base64
+import contextlib
 import http.client
 import json
 import os
 import re
 import socket
+import time
 import urllib.request
 from typing import Any
 
@@ -111,13 +113,62 @@ def healthz(url: str) -> int:
         return response.status
 
 
+# WebSocket opcodes (RFC 6455, 5.2).
+CONTINUATION, TEXT, CLOSE = 0x0, 0x1, 0x8
+
+
+def raw_request(
+    url: str, address: str, head: str, body: list[bytes] | None = None
+) -> tuple[int, bytes]:
+    """An HTTP request written by hand from ``address``: ``head`` is its request line
+    and headers (the Host header is added), ``body`` what follows them, in pieces.
+    Returns the response's status and body; the server may answer before it has
+    read the body, which is then never sent."""
+    sock = bound_socket(url, address)
+    try:
+        host = url.removeprefix("http://")
+        sock.sendall(f"{head}\r\nHost: {host}\r\n\r\n".encode())
+        for piece in body or []:
+            try:
+                sock.sendall(piece)
+            except OSError:
+                break  # answered and closed before all of it
+        response = b""
+        while b"\r\n\r\n" not in response:
+            data = sock.recv(65536)
+            if not data:
+                break
+            response += data
+        head_bytes, _, rest = response.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length: *(\d+)", head_bytes)
+        while length and len(rest) < int(length.group(1)):
+            data = sock.recv(65536)
+            if not data:
+                break
+            rest += data
+        return int(head_bytes.split()[1]), rest
+    finally:
+        sock.close()
+
+
 class RawSocketIO:
     """A Socket.IO client over a raw WebSocket, written by hand so that it can stop
     reading: with a small receive buffer and segment size the kernel holds little for
-    it, and what the server cannot send waits in the server's own buffer."""
+    it, and what the server cannot send waits in the server's own buffer. With
+    ``read_rate`` it reads at most that many bytes a second, as over a slow link."""
 
-    def __init__(self, url: str, address: str, connect: bool = True, **options: int):
+    def __init__(
+        self,
+        url: str,
+        address: str,
+        connect: bool = True,
+        read_rate: int | None = None,
+        **options: int,
+    ):
         self.sock = bound_socket(url, address, **options)
+        self.read_rate = read_rate
+        self._read_bytes = 0
+        self._reading_since = time.monotonic()
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(
             (
@@ -128,6 +179,7 @@ class RawSocketIO:
             ).encode()
         )
         self.buffer = b""
+        self.close_code: int | None = None
         while b"\r\n\r\n" not in self.buffer:
             self.buffer += self.sock.recv(4096)
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
@@ -140,17 +192,24 @@ class RawSocketIO:
 
     def send(self, text: str) -> None:
         """A client's (masked) text frame."""
-        payload = text.encode()
+        self.send_frame(TEXT, text.encode())
+
+    def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
+        """A client's (masked) frame of any kind: ``fin=False`` starts or goes on
+        with a fragmented message, whose next frames are ``CONTINUATION``."""
         mask = os.urandom(4)
         size = len(payload)
-        header = b"\x81" + (
+        header = bytes(((0x80 if fin else 0) | opcode,)) + (
             bytes((0x80 | size,))
             if size < 126
             else b"\xfe" + size.to_bytes(2, "big")
             if size < 65536
             else b"\xff" + size.to_bytes(8, "big")
         )
-        masked = bytes(b ^ mask[n % 4] for n, b in enumerate(payload))
+        key = (mask * (size // 4 + 1))[:size]
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(
+            size, "big"
+        )
         self.sock.sendall(header + mask + masked)
 
     def next_packet(self) -> str:
@@ -159,10 +218,15 @@ class RawSocketIO:
             if packet is not None:
                 self.packets.append(packet)
                 return packet
-            data = self.sock.recv(65536)
+            data = self.sock.recv(4096 if self.read_rate else 65536)
             if not data:
                 raise EOFError("the server closed the connection")
             self.buffer += data
+            if self.read_rate:
+                # The link's pace: what came so far may not have come sooner.
+                self._read_bytes += len(data)
+                due = self._reading_since + self._read_bytes / self.read_rate
+                time.sleep(max(0.0, due - time.monotonic()))
 
     def drain(self) -> None:
         """Read what is left, to the end of the connection; a frame cut off by the
@@ -179,18 +243,32 @@ class RawSocketIO:
             self.packets.append(packet)
 
     def _parse(self) -> str | None:
-        data = self.buffer
-        if len(data) < 2:
-            return None
-        size, start = data[1] & 0x7F, 2
-        if size == 126:
-            size, start = int.from_bytes(data[2:4], "big"), 4
-        elif size == 127:
-            size, start = int.from_bytes(data[2:10], "big"), 10
-        if len(data) < start + size:
-            return None
-        self.buffer = data[start + size :]
-        return data[start : start + size].decode()
+        """The next text frame's payload; the first close frame's code goes to
+        ``close_code``."""
+        while True:
+            data = self.buffer
+            if len(data) < 2:
+                return None
+            size, start = data[1] & 0x7F, 2
+            if size == 126:
+                size, start = int.from_bytes(data[2:4], "big"), 4
+            elif size == 127:
+                size, start = int.from_bytes(data[2:10], "big"), 10
+            if len(data) < start + size:
+                return None
+            self.buffer = data[start + size :]
+            payload = data[start : start + size]
+            if data[0] & 0x0F != CLOSE:
+                return payload.decode()
+            if self.close_code is None and payload:
+                self.close_code = int.from_bytes(payload[:2], "big")
+
+    def closed_with(self) -> int | None:
+        """Read to the end of the connection: the code of the server's close frame,
+        None when it sent none."""
+        with contextlib.suppress(OSError):  # a reset, or no end in time
+            self.drain()
+        return self.close_code
 
     def events(self, name: str) -> list[dict]:
         prefix = f'42["{name}",'

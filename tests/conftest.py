@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import socketio
 
+from bench.postgres import PostgresServer
 from bench.servers import stop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,15 +131,17 @@ class ServerProcess:
 
 
 class Relay:
-    """A relay server process: gunicorn with the worker class of its async mode."""
+    """A relay server process: gunicorn with the worker class of its async mode,
+    serving ``app`` (gunicorn's module:variable, or module:factory())."""
 
-    def __init__(self, tmp: Path, async_mode: str, env: dict[str, str]):
+    def __init__(
+        self, tmp: Path, async_mode: str, env: dict[str, str], app: str = "wsgi:app"
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.async_mode = async_mode
         self.process = ServerProcess(
-            [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py"]
-            + ["wsgi:app"],
+            [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", app],
             {
                 "HOST": "127.0.0.1",
                 "PORT": str(self.port),
@@ -187,8 +190,9 @@ class Upstream:
             return json.load(response)
 
     def find(self, marker: str) -> dict[str, Any]:
-        """The one recorded request whose last message contains ``marker``."""
-        found = [r for r in self.requests() if marker in r["messages"][-1]["content"]]
+        """The one recorded request whose last message's text (``prompt``: its
+        content, or its text parts joined) contains ``marker``."""
+        found = [r for r in self.requests() if marker in (r["prompt"] or "")]
         assert len(found) == 1, f"{len(found)} upstream requests contain {marker!r}"
         return found[0]
 
@@ -354,6 +358,14 @@ def relay(async_mode, tmp_session, upstream) -> Iterator[Relay]:
     server = Relay(tmp_session, async_mode, relay_env(upstream))
     yield server
     server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_session) -> Iterator[PostgresServer]:
+    """A PostgreSQL server on a loopback port (Debian's postgresql), fsync off."""
+    server = PostgresServer(tmp_session)
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="session")

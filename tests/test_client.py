@@ -23,6 +23,7 @@ from client.answer import Answer
 from tests.conftest import (
     DEFAULT_ASYNC_MODE,
     ROOT,
+    SYSTEM_PROMPT,
     UNLIMITED,
     Relay,
     free_port,
@@ -356,6 +357,113 @@ def test_clients_in_one_process_do_not_interfere(demo_server):
     for thread in threads:
         thread.join(30)
     assert got == expected
+
+
+# The tool loop end to end: the relay in front of the test server, whose
+# [[tool_calls:N]] makes the model answer with its usual text, then call N tools at
+# once (build_tool_calls says which), and answer in text once given their results
+
+WEATHER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city now",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "The local time in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    },
+]
+
+
+def test_tool_loop_end_to_end_through_the_relay(resume_server, upstream):
+    from tests.openai_server import build_reply, build_tool_calls
+
+    prompt = "Weather and time in Paris, asked by the Python client [[tool_calls:3]]"
+    system = {"role": "system", "content": SYSTEM_PROMPT}
+    user = {"role": "user", "content": prompt}
+    # build_tool_calls gives each call as {id, name, arguments}: in OpenAI's shape,
+    # they are what the done event carries.
+    calls = [
+        {
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["name"], "arguments": call["arguments"]},
+        }
+        for call in build_tool_calls([system, user], WEATHER_TOOLS, 3)
+    ]
+    assert len(calls) == 3
+    text = "".join(build_reply([system, user], 30))
+    with ChatClient(resume_server.url, tools=WEATHER_TOOLS) as chat:
+        events = recorded(chat)
+        # 1. The model says a few words, then asks for three calls at once.
+        deltas = list(chat.stream(prompt, reasoning=True))
+        assert chat.last_result["finish_reason"] == "tool_calls"
+        assert chat.last_result["tool_calls"] == calls
+        kinds = [delta.kind for delta in deltas]
+        answered = kinds.count("answer")
+        assert kinds == ["answer"] * answered + ["tool_call"] * (len(kinds) - answered)
+        assert "".join(delta.text for delta in deltas[:answered]) == text
+        # Every fragment came once, in order: each call's concatenate to its
+        # arguments, and each names its call.
+        pieces: dict[int, list[Delta]] = {}
+        for delta in deltas[answered:]:
+            pieces.setdefault(delta.tool_call.index, []).append(delta)
+        assert sorted(pieces) == [0, 1, 2]
+        for index, call in enumerate(calls):
+            assert (
+                "".join(d.text for d in pieces[index]) == call["function"]["arguments"]
+            )
+            assert {(d.tool_call.id, d.tool_call.name) for d in pieces[index]} == {
+                (call["id"], call["function"]["name"])
+            }
+        seqs = [data["seq"] for name, data in events if name == "chunk"]
+        assert seqs == list(range(chat.last_result["chunks"]))
+        assistant = {"role": "assistant", "content": text, "tool_calls": calls}
+        assert chat.history == [user, assistant]
+        # 2. The client runs them and sends the results (given in another order),
+        # 3. and the model answers in text.
+        results = {
+            call["id"]: f"result {n} of {call['id']}" for n, call in enumerate(calls)
+        }
+        answer = chat.ask(tool_results=dict(reversed(results.items())))
+        assert chat.last_result["finish_reason"] == "stop"
+        assert chat.last_result["tool_calls"] == []
+        tool_turns = [
+            {"role": "tool", "tool_call_id": call["id"], "content": results[call["id"]]}
+            for call in calls
+        ]
+        assert chat.history == [
+            user,
+            assistant,
+            *tool_turns,
+            {"role": "assistant", "content": answer},
+        ]
+    # The upstream got the loop exactly, after the server's system prompt.
+    loop = [system, user, assistant, *tool_turns]
+    [record] = [
+        r
+        for r in upstream.requests()
+        if r["messages"][1:2] == [user] and r["messages"][-1]["role"] == "tool"
+    ]
+    assert record["messages"] == loop
+    assert record["body"]["tools"] == WEATHER_TOOLS
+    assert answer == "".join(build_reply(loop, 30))
 
 
 # Resume after a dropped connection

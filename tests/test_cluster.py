@@ -429,29 +429,34 @@ def lone_redis(tmp_session):
 
 
 def test_mirror_rewritten_after_a_failed_flush_has_no_duplicate_chunks(lone_redis):
+    from app.chat_request import ChatRequest
     from app.cluster import ClusterStreamStore, _key
-    from app.protocol import ChatRequest
     from app.streams import Stream
 
     store = ClusterStreamStore(lone_redis.url, "mirror-test", grace=5)
     request = ChatRequest("m", [{"role": "user", "content": "hi"}], "demo")
     stream = Stream("sid-m", "addr:127.0.0.1", request, request.messages)
     store.add(stream, 3, 3)
-    for delta in ("a", "b", "c"):
-        stream.append("answer", delta, 0.0)
+    pieces = [("answer", delta) for delta in "abcde"] + [
+        # Pieces that are more than text round-trip too.
+        ("tool_call", {"index": 0, "id": "c1", "name": "f", "arguments": '{"é":'}),
+        ("answer", "f", [{"token": "f", "logprob": -0.5, "bytes": [102]}]),
+        ("refusal", "no"),
+    ]
+    for piece in pieces[:3]:
+        stream.append(piece, 0.0)
     store.flush()
     live = store.redis
     # A flush that fails after Redis took its writes (a dropped reply, or a Redis
     # that kept its data across a restart) is written again whole, not appended.
-    stream.append("answer", "d", 0.0)
+    stream.append(pieces[3], 0.0)
     store.flush()
-    stream.append("answer", "e", 0.0)
+    for piece in pieces[4:]:
+        stream.append(piece, 0.0)
     store.redis = redis.Redis(port=free_port(), decode_responses=True)
     store.touched(stream)
     store.flush()
     store.redis = live
     store.flush()
-    assert store.mirrored_chunks(stream.token, -1) == [
-        ("answer", delta) for delta in "abcde"
-    ]
+    assert store.mirrored_chunks(stream.token, -1) == pieces
     live.delete(_key(stream.token), _key(stream.token) + ":c")

@@ -2,7 +2,7 @@
 
 import time
 
-from app.protocol import ChatRequest
+from app.chat_request import ChatRequest
 from app.providers.demo import DemoProvider, compose, split_tokens
 
 
@@ -62,7 +62,9 @@ def test_tokens_rejoin_to_the_text():
 
 
 def test_max_tokens_cuts_with_finish_length():
-    request = ChatRequest(id="a", messages=ask("hello"), model="demo", max_tokens=4)
+    request = ChatRequest(
+        id="a", messages=ask("hello"), model="demo", params={"max_tokens": 4}
+    )
     pieces, result = run(DemoProvider(0, 0), request)
     assert len(pieces) == 4
     assert result.finish_reason == "length"
@@ -70,7 +72,9 @@ def test_max_tokens_cuts_with_finish_length():
 
 
 def test_stream_is_paced_by_ttft_and_rate():
-    request = ChatRequest(id="a", messages=ask("hi"), model="demo", max_tokens=11)
+    request = ChatRequest(
+        id="a", messages=ask("hi"), model="demo", params={"max_tokens": 11}
+    )
     generation = DemoProvider(0.2, 50).stream(request, request.messages)
     started = time.monotonic()
     arrivals: list[float] = []  # when each token reached the caller

@@ -120,6 +120,9 @@ GARBAGE_FRAMES = [
     "9",
     "",
     '42["chat",' + "[" * 500 + "]" * 500 + "]",
+    # Deeper than the JSON decoder goes.
+    '42["chat",{"id":"d","messages":' + "[" * 5000 + "]" * 5000 + "}]",
+    '42["chat",{"id":"s","message":"\\ud800"}]',
     "43" + "9" * 40 + "[]",
     '42/nope,["chat",{}]',
     "40/admin,",

@@ -265,7 +265,8 @@ def test_long_prompt_gets_an_error_event_not_a_dropped_connection(relay, connect
 
 def test_message_over_the_transport_limit_closes_the_connection(relay, connect):
     client = connect()
-    client.sio.emit("chat", {"id": "huge", "message": "x" * 70000})
+    # Past the default MAX_MESSAGE_BYTES (8 MiB), which leaves room for images.
+    client.sio.emit("chat", {"id": "huge", "message": "x" * (8 * 1024 * 1024 + 1)})
     wait_until(lambda: not client.sio.connected, what="the connection to close")
     assert relay.health()["status"] == "ok"
 

@@ -153,7 +153,15 @@ BAD_CHATS = [
     ({"id": "a", "messages": "hi"}, "messages"),
     ({"id": "a", "messages": [{"role": "user"}]}, "messages[0].content"),
     ({"id": "a", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
-    ({"id": "a", "messages": [{"role": "system", "content": "x"}]}, "system"),
+    (
+        {"id": "a", "messages": [{"role": "system", "content": "x"}]},
+        "messages[0].role: the last message must be the user's or a tool result",
+    ),
+    ({"id": "a", "messages": [{"role": "tool", "content": "x"}]}, "tool_call_id"),
+    (
+        {"id": "a", "messages": [{"role": "user", "content": "x", "reasoning": "y"}]},
+        "messages[0].reasoning: is not a message field",
+    ),
     ({"id": "a", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"id": "a", "messages": [{"role": "assistant", "content": "x"}]}, "last"),
     ({"id": "a", "message": "   "}, "messages[0].content"),
@@ -175,8 +183,16 @@ BAD_CHATS = [
     ({"id": "a", "message": "hi", "options": {"temperature": "hot"}}, "temperature"),
     ({"id": "a", "message": "hi", "options": {"max_tokens": 10**6}}, "max_tokens"),
     ({"id": "a", "message": "hi", "options": {"max_tokens": True}}, "max_tokens"),
-    ({"id": "a", "message": "hi", "options": {"top_k": 3}}, "options.top_k"),
+    ({"id": "a", "message": "hi", "options": {"stream": False}}, "options.stream"),
+    ({"id": "a", "message": "hi", "options": {"n": 2}}, "options.n"),
     ({"id": "a", "message": "hi", "options": []}, "options"),
+    # A lone surrogate is no text: it could go neither upstream nor to a tokenizer.
+    ({"id": "a", "message": "hi \ud800"}, "message: holds a lone UTF-16 surrogate"),
+    ({"id": "a", "message": "hi", "model": "\udfff"}, "model: holds a lone"),
+    (
+        {"id": "a", "messages": [{"role": "user", "content": "x\udc00"}]},
+        "messages[0].content: holds a lone",
+    ),
 ]
 
 

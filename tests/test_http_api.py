@@ -347,15 +347,24 @@ BAD_BODIES = [
     (
         {
             "messages": [
-                {"role": "system", "content": "x"},
                 {"role": "user", "content": "y"},
+                {"role": "system", "content": "x"},
             ]
         },
-        "messages[0].role",
+        "messages[1].role",
+    ),
+    ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].tool_call_id"),
+    (
+        {"messages": [{"role": "user", "content": "x", "reasoning_content": "y"}]},
+        "messages[0].reasoning_content",
     ),
     ({"messages": [{"role": "user", "content": "  "}]}, "messages[0].content"),
     ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages[0].role"),
-    ({"messages": [{"role": "user"}], "temperature": "hot"}, "temperature"),
+    ({"messages": [{"role": "user"}]}, "messages[0].content"),
+    (
+        {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+        "temperature",
+    ),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature"),
     ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
     (
@@ -366,7 +375,15 @@ BAD_BODIES = [
     ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
     (
         {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        "messages[0].content[0].image_url",
+    ),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
         "messages[0].content[0].type",
+    ),
+    (
+        {"messages": [{"role": "user", "content": "x"}], "stream_options": 1},
+        "stream_options",
     ),
 ]
 
@@ -419,6 +436,10 @@ def test_an_upstream_failure_before_any_text_gets_its_status(
         )
     assert raised.value.body["code"] == code
     assert UPSTREAM_KEY_FRAGMENT not in str(raised.value.body)
+    # The status and our own words; the upstream's text ("Injected error: …") is
+    # for the log.
+    assert f"(HTTP {raised.value.status_code})" in raised.value.body["message"]
+    assert "Injected" not in str(raised.value.body)
 
 
 UPSTREAM_KEY_FRAGMENT = "sk-test-"
@@ -434,7 +455,8 @@ def test_a_failure_mid_stream_is_the_last_event_and_the_sdk_raises_it(relay):
         for chunk in stream:
             text += chunk.choices[0].delta.content or ""
     assert text == upstream_text(prompt, 20, first=3)
-    assert raised.value.body["code"] == "upstream_error"
+    assert raised.value.body["code"] == "upstream_unavailable"
+    assert raised.value.body["message"] == "the upstream failed mid-answer"
 
 
 # -- auth, origins and limits, shared with Socket.IO -----------------------------------

@@ -3,6 +3,7 @@
 import base64
 import itertools
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -16,7 +17,15 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from tests.openai_server import build_reasoning, build_reply, split_reply
+from tests.openai_server import (
+    build_json_reply,
+    build_reasoning,
+    build_reply,
+    build_tool_calls,
+    split_reply,
+    token_logprobs,
+)
+from tests.openai_server.tools import tool_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "test-model"
@@ -672,3 +681,727 @@ def test_reply_directive_streams_the_given_text_piece_by_piece(client):
 def test_reply_directive_that_is_not_base64_is_a_bad_request(client):
     with pytest.raises(openai.BadRequestError, match="base64"):
         stream(client, "say this [[reply:not base64!]]")
+
+
+# --- The whole request, recorded ----------------------------------------------
+
+
+def test_record_keeps_the_body_exactly_as_sent(client, port):
+    sent = {
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "stop": ["never-said"],
+        "seed": 11,
+        "frequency_penalty": -0.5,
+        "presence_penalty": 1.5,
+        "logit_bias": {"1734": -100},
+        "logprobs": True,
+        "top_logprobs": 3,
+        "user": "user-ü-1",
+        "metadata": {"team": "東京"},
+        "reasoning_effort": "low",
+        "response_format": {"type": "text"},
+        "max_completion_tokens": 9,
+    }
+    extra = {"vendor_field": {"nested": [1, 2.5, None, "Zürich"]}}
+    list(stream(client, "whole body", extra_body=extra, **sent))
+
+    record = record_for(port, "whole body")
+    assert record["body"] == {
+        "model": MODEL,
+        "messages": ask("whole body"),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **sent,
+        **extra,
+    }
+    assert record["prompt"] == "whole body"
+    assert record["max_tokens"] == 9
+
+
+def test_record_prompt_is_the_text_of_the_last_message_parts_joined(client, port):
+    content = [
+        {"type": "text", "text": "parts marker"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+        {"type": "text", "text": "second part"},
+    ]
+    client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": content}]
+    )
+
+    record = [r for r in records(port) if r["prompt"] == "parts marker second part"]
+    assert len(record) == 1
+    assert record[0]["body"]["messages"][0]["content"] == content
+
+
+def test_refused_request_is_recorded_with_its_body_and_error(client, port):
+    with pytest.raises(openai.BadRequestError):
+        stream(client, "refused body", temperature=3)
+
+    record = record_for(port, "refused body")
+    assert record["body"]["temperature"] == 3
+    assert (record["status"], record["outcome"]) == (400, "error_status")
+    assert record["error"]["param"] == "temperature"
+
+
+# --- Checks of the request, as the real service makes them -------------------
+
+
+def bad_request(client: openai.OpenAI, **fields: Any) -> openai.BadRequestError:
+    """The 400 the server answers a whole request with ``fields``."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, **fields)
+    return caught.value
+
+
+def test_every_role_and_content_shape_is_accepted(client):
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "developer", "content": [{"type": "text", "text": "be kind"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "look at these"},
+                {
+                    "type": "image_url",
+                    "image_url": {"url": f"data:image/png;base64,{png}"},
+                },
+                {
+                    "type": "image_url",
+                    "image_url": {"url": "http://example.com/a.jpg", "detail": "low"},
+                },
+            ],
+        },
+        {"role": "assistant", "content": "two images", "name": "helper"},
+        {"role": "user", "content": "and now?"},
+    ]
+    completion = client.chat.completions.create(model=MODEL, messages=messages)
+
+    assert completion.choices[0].message.content == "".join(build_reply(messages, 30))
+
+
+def test_unknown_role_is_refused_naming_it(client):
+    error = bad_request(client, messages=[{"role": "wizard", "content": "hi"}])
+
+    assert error.param == "messages[0].role"
+    assert "'wizard'" in error.message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "data:image/png;base64,not*base64",
+        "data:image/png;base64,",
+        "data:text/plain;base64,aGVsbG8=",
+        "data:image/png,aGVsbG8=",
+        "ftp://example.com/a.png",
+        "https://",
+        "just words",
+    ],
+)
+def test_malformed_image_url_is_refused_naming_the_param(client, url):
+    content = [
+        {"type": "text", "text": "see"},
+        {"type": "image_url", "image_url": {"url": url}},
+    ]
+    error = bad_request(client, messages=[{"role": "user", "content": content}])
+
+    assert error.param == "messages[0].content[1].image_url.url"
+    assert error.code == "invalid_value"
+
+
+def test_image_in_a_system_message_is_refused(client):
+    part = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    error = bad_request(client, messages=[{"role": "system", "content": [part]}])
+
+    assert error.param == "messages[0].content[0].type"
+
+
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+}
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        (  # a tool result with nothing asked before it
+            [ask("q")[0], {"role": "tool", "tool_call_id": "call_1", "content": "1"}],
+            "messages[1].role",
+        ),
+        (  # answering a call that was not made
+            [
+                ask("q")[0],
+                {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "call_2", "content": "1"},
+            ],
+            "messages[2].tool_call_id",
+        ),
+        (  # a call left unanswered
+            [
+                ask("q")[0],
+                {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                ask("go on")[0],
+            ],
+            "messages[1].role",
+        ),
+        (  # no tool_call_id at all
+            [
+                ask("q")[0],
+                {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                {"role": "tool", "content": "1"},
+            ],
+            "messages[2].tool_call_id",
+        ),
+        (  # no content without calls
+            [ask("q")[0], {"role": "assistant", "content": None}, ask("r")[0]],
+            "messages[1].content",
+        ),
+    ],
+)
+def test_tool_messages_must_answer_the_calls_just_made(client, messages, param):
+    assert bad_request(client, messages=messages).param == param
+
+
+@pytest.mark.parametrize(
+    ("tools", "param"),
+    [
+        (
+            [{"type": "function", "function": {"description": "x"}}],
+            "tools[0].function.name",
+        ),
+        ([{"type": "retrieval", "function": {"name": "x"}}], "tools[0].type"),
+        (
+            [{"type": "function", "function": {"name": "has space"}}],
+            "tools[0].function.name",
+        ),
+    ],
+)
+def test_bad_tools_are_refused_naming_the_field(client, tools, param):
+    assert bad_request(client, messages=ask("t"), tools=tools).param == param
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+        (
+            {"response_format": {"type": "json_schema"}},
+            "response_format.json_schema.name",
+        ),
+        ({"n": 2}, "n"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+    ],
+)
+def test_bad_fields_are_refused_naming_them(client, fields, param):
+    assert bad_request(client, messages=ask("f"), **fields).param == param
+
+
+# --- Tool calls -----------------------------------------------------------------
+
+
+def tool(name: str) -> dict[str, Any]:
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}}
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+TOOLS = [tool("get_weather"), tool("get_time")]
+
+
+def tool_deltas(chunks: list[ChatCompletionChunk]) -> list[list[Any]]:
+    """The ``delta.tool_calls`` list of each chunk that has one."""
+    return [
+        c.choices[0].delta.tool_calls
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls
+    ]
+
+
+def merged_calls(deltas: list[list[Any]]) -> list[dict[str, str]]:
+    """Fragments merged per index, as OpenAI's clients do."""
+    calls: dict[int, dict[str, str]] = {}
+    for delta in deltas:
+        for fragment in delta:
+            call = calls.setdefault(fragment.index, {"arguments": ""})
+            if fragment.id:
+                call["id"] = fragment.id
+            if fragment.function.name:
+                call["name"] = fragment.function.name
+            call["arguments"] += fragment.function.arguments or ""
+    return [calls[index] for index in sorted(calls)]
+
+
+def test_tool_calls_stream_in_openai_shape_one_call_after_another(client):
+    prompt = "weather please [[tool_calls:3]] [[tokens:0]]"
+    chunks = list(stream(client, prompt, tools=TOOLS))
+
+    expected = build_tool_calls(ask("weather please"), TOOLS, 3)
+    assert [c["name"] for c in expected] == ["get_weather", "get_time", "get_weather"]
+    deltas = tool_deltas(chunks)
+    assert all(len(delta) == 1 for delta in deltas)
+    opening = [d[0] for d in deltas if d[0].id]
+    assert [(o.index, o.id, o.type, o.function.name) for o in opening] == [
+        (i, call["id"], "function", call["name"]) for i, call in enumerate(expected)
+    ]
+    assert all(o.function.arguments == "" for o in opening)
+    fragments = [d[0] for d in deltas if not d[0].id]
+    assert all(f.function.name is None and f.type is None for f in fragments)
+    assert all(0 < len(f.function.arguments) <= 5 for f in fragments)
+    assert [d[0].index for d in deltas] == sorted(d[0].index for d in deltas)
+    assert merged_calls(deltas) == expected
+    assert content_chunks(chunks) == []
+    assert chunks[-2].choices[0].finish_reason == "tool_calls"
+
+
+def test_openai_stream_helper_assembles_the_calls(client):
+    prompt = "assemble [[tool_calls:2]] [[tokens:0]]"
+    with client.chat.completions.stream(
+        model=MODEL, messages=ask(prompt), tools=TOOLS
+    ) as events:
+        final = events.get_final_completion()
+
+    message = final.choices[0].message
+    expected = build_tool_calls(ask("assemble"), TOOLS, 2)
+    assert [
+        (c.id, c.function.name, c.function.arguments) for c in message.tool_calls
+    ] == [(c["id"], c["name"], c["arguments"]) for c in expected]
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_tool_call_arguments_are_json_with_non_ascii_and_an_escaped_quote():
+    calls = build_tool_calls(ask("Weather in Paris?"), None, 2)
+
+    assert [c["name"] for c in calls] == ["tool_0", "tool_1"]
+    assert len({c["id"] for c in calls}) == 2
+    assert all(re.fullmatch(r"call_[0-9a-f]{24}", c["id"]) for c in calls)
+    first = calls[0]["arguments"]
+    assert "Zürich" in first and "東京" in first  # as characters, not \\u escapes
+    assert '\\"' in first
+    arguments = json.loads(first)
+    assert arguments["query"]["text"] == "Weather in Paris"
+    assert '"' in arguments["query"]["note"]
+    assert calls == build_tool_calls(ask("Weather in Paris?"), None, 2)
+    assert calls != build_tool_calls(ask("Weather in Rome?"), None, 2)
+
+
+def test_whole_completion_carries_the_calls_and_null_content(client):
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=ask("whole calls [[tool_calls:2]] [[tokens:0]]"),
+        tools=TOOLS,
+    )
+
+    message = completion.choices[0].message
+    expected = build_tool_calls(ask("whole calls"), TOOLS, 2)
+    assert message.content is None
+    assert [
+        (c.id, c.type, c.function.name, c.function.arguments)
+        for c in message.tool_calls
+    ] == [(c["id"], "function", c["name"], c["arguments"]) for c in expected]
+    assert completion.choices[0].finish_reason == "tool_calls"
+
+
+def test_content_comes_before_the_calls(client):
+    chunks = list(stream(client, "say then call [[tool_calls:1]] [[tokens:4]]"))
+
+    kinds = [
+        "text" if content_chunks([c]) else "call"
+        for c in chunks
+        if content_chunks([c]) or tool_deltas([c])
+    ]
+    assert kinds[:4] == ["text"] * 4 and set(kinds[4:]) == {"call"}
+    assert text_of(chunks) == "".join(build_reply(ask("say then call"), 4))
+    assert chunks[-1].usage.completion_tokens == 4 + tool_tokens(
+        build_tool_calls(ask("say then call"), None, 1)
+    )
+
+
+def test_ollama_style_sends_each_call_whole_at_index_zero(client):
+    prompt = "ollama [[tool_calls:3]] [[tool_style:ollama]] [[tokens:0]]"
+    deltas = tool_deltas(list(stream(client, prompt, tools=TOOLS)))
+
+    expected = build_tool_calls(ask("ollama"), TOOLS, 3)
+    assert [len(d) for d in deltas] == [1, 1, 1]
+    assert [
+        (d[0].index, d[0].id, d[0].function.name, d[0].function.arguments)
+        for d in deltas
+    ] == [(0, c["id"], c["name"], c["arguments"]) for c in expected]
+
+
+def test_batched_style_opens_every_call_then_interleaves_fragments(client):
+    prompt = "batched [[tool_calls:3]] [[tool_style:batched]] [[tokens:0]]"
+    deltas = tool_deltas(list(stream(client, prompt, tools=TOOLS)))
+
+    expected = build_tool_calls(ask("batched"), TOOLS, 3)
+    assert [(f.index, f.id) for f in deltas[0]] == [
+        (i, c["id"]) for i, c in enumerate(expected)
+    ]
+    assert [f.index for f in deltas[1]] == [0, 1, 2]
+    assert [f.index for f in deltas[2]] == [2, 1, 0]
+    assert merged_calls(deltas) == expected
+
+
+def sse_events(port: int, body: dict[str, Any]) -> list[bytes]:
+    """The data of each HTTP chunk of a raw streamed answer to ``body``."""
+    data = json.dumps({"model": MODEL, "stream": True, **body}).encode()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(data)
+    )
+    return http_chunks(raw_http(port, head + data).partition(b"\r\n\r\n")[2])
+
+
+def test_split_utf8_cuts_each_event_inside_a_character(port):
+    prompt = "split [[tool_calls:2]] [[tool_style:split_utf8]] [[tokens:0]]"
+    chunks = sse_events(port, {"messages": ask(prompt), "tools": TOOLS})
+
+    events: list[list[bytes]] = [[]]  # the HTTP chunks of each SSE event
+    for chunk in chunks:
+        events[-1].append(chunk)
+        if chunk.endswith(b"\n\n"):
+            events.append([])
+    calls = [e for e in events if b'"tool_calls":[' in b"".join(e)]
+    assert calls and all(len(parts) == 2 for parts in calls)
+    assert all(len(e) == 1 for e in events[:-1] if e not in calls)
+    cut_inside = [first for first, _ in calls if not is_utf8(first)]
+    with_non_ascii = [e for e in calls if not b"".join(e).isascii()]
+    assert len(cut_inside) == len(with_non_ascii) >= 4  # ü, 東, 京 ...
+    arguments: dict[int, str] = {}
+    for first, second in calls:
+        data = json.loads((first + second).decode().removeprefix("data: "))
+        for call in data["choices"][0]["delta"]["tool_calls"]:
+            arguments[call["index"]] = (
+                arguments.get(call["index"], "") + call["function"]["arguments"]
+            )
+    expected = build_tool_calls(ask("split"), TOOLS, 2)
+    assert [arguments[0], arguments[1]] == [c["arguments"] for c in expected]
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def test_split_utf8_fragments_cut_inside_json_strings(client):
+    prompt = "inside strings [[tool_calls:1]] [[tool_style:split_utf8]] [[tokens:0]]"
+    deltas = tool_deltas(list(stream(client, prompt)))
+
+    text, inside = "", 0
+    for delta in deltas[1:]:
+        text += delta[0].function.arguments
+        # An odd number of unescaped quotes so far: the cut is inside a string.
+        inside += len(re.findall(r'(?<!\\)"', text)) % 2
+    assert inside >= 3
+    assert text == build_tool_calls(ask("inside strings"), None, 1)[0]["arguments"]
+
+
+def test_tool_results_get_a_text_answer_ending_the_loop(client):
+    prompt = "loop [[tool_calls:3]] [[tokens:5]]"
+    first = client.chat.completions.create(
+        model=MODEL, messages=ask(prompt), tools=TOOLS
+    )
+    message = first.choices[0].message
+    messages = [
+        *ask(prompt),
+        message.model_dump(include={"role", "content", "tool_calls"}),
+        *(
+            {"role": "tool", "tool_call_id": call.id, "content": f"{n} C"}
+            for n, call in enumerate(message.tool_calls)
+        ),
+    ]
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=messages, tools=TOOLS, stream=True
+        )
+    )
+    whole = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS)
+
+    assert len(message.tool_calls) == 3
+    assert tool_deltas(chunks) == []
+    # The prompt's [[tokens:5]] still governs the turn; the text is new.
+    answer = "".join(build_reply(messages, 5))
+    assert answer != message.content == "".join(build_reply(ask(prompt), 5))
+    assert text_of(chunks) == answer
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert whole.choices[0].message.content == answer
+    assert whole.choices[0].message.tool_calls is None
+    assert whole.choices[0].finish_reason == "stop"
+
+
+def test_tool_choice_and_parallel_tool_calls_take_effect(client):
+    prompt = "choose [[tool_calls:3]] [[tokens:0]]"
+    forced = {"type": "function", "function": {"name": "get_time"}}
+
+    none = client.chat.completions.create(
+        model=MODEL, messages=ask(prompt), tools=TOOLS, tool_choice="none"
+    )
+    named = client.chat.completions.create(
+        model=MODEL, messages=ask(prompt), tools=TOOLS, tool_choice=forced
+    )
+    single = client.chat.completions.create(
+        model=MODEL, messages=ask(prompt), tools=TOOLS, parallel_tool_calls=False
+    )
+
+    assert none.choices[0].message.tool_calls is None
+    assert none.choices[0].finish_reason == "stop"
+    assert {c.function.name for c in named.choices[0].message.tool_calls} == {
+        "get_time"
+    }
+    assert len(single.choices[0].message.tool_calls) == 1
+
+
+def test_max_tokens_too_small_for_the_calls_makes_none(client):
+    chunks = list(stream(client, "no room [[tool_calls:2]] [[tokens:3]]", max_tokens=6))
+
+    assert tool_deltas(chunks) == []
+    assert len(content_chunks(chunks)) == 3
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == 3
+
+
+def test_close_after_counts_tool_call_chunks_after_the_content(client):
+    prompt = "drop mid call [[tokens:2]] [[tool_calls:1]] [[close_after:5]]"
+    chunks, error = read_until_error(stream(client, prompt))
+
+    assert type(error) is openai.APIConnectionError
+    assert len(content_chunks(chunks)) == 2
+    assert len(tool_deltas(chunks)) == 3  # the opening and two fragments
+
+
+# --- Returned fields: logprobs, refusal, usage details, fingerprint ------------
+
+
+def test_logprobs_come_with_each_answer_chunk(client):
+    chunks = list(
+        stream(client, "probable [[tokens:6]]", logprobs=True, top_logprobs=2)
+    )
+
+    reply = build_reply(ask("probable"), 6)
+    expected = token_logprobs(reply, 2)
+    carried = [c.choices[0].logprobs for c in content_chunks(chunks)]
+    assert [[e.model_dump() for e in lp.content] for lp in carried] == [
+        [entry] for entry in expected
+    ]
+    assert all(len(entry["top_logprobs"]) == 2 for entry in expected)
+    assert expected[0]["top_logprobs"][0]["token"] == reply[0]
+    assert all(entry["logprob"] < 0 for entry in expected)
+    assert expected[1]["bytes"] == list(reply[1].encode())
+    others = [c for c in chunks if c.choices and not content_chunks([c])]
+    assert all(c.choices[0].logprobs is None for c in others)
+
+
+def test_whole_completion_carries_logprobs_without_top_by_default(client):
+    completion = client.chat.completions.create(
+        model=MODEL, messages=ask("probable whole [[tokens:4]]"), logprobs=True
+    )
+
+    logprobs = completion.choices[0].logprobs
+    expected = token_logprobs(build_reply(ask("probable whole"), 4), 0)
+    assert [e.model_dump() for e in logprobs.content] == expected
+    assert all(entry["top_logprobs"] == [] for entry in expected)
+
+
+def test_no_logprobs_unless_asked(client):
+    chunks = list(stream(client, "plain probs [[tokens:3]]"))
+
+    assert all(c.choices[0].logprobs is None for c in chunks if c.choices)
+
+
+def test_refusal_streams_in_delta_refusal_with_null_content(client):
+    chunks = list(stream(client, "refuse [[refusal]] [[tokens:5]]"))
+
+    pieces = [
+        c.choices[0].delta.refusal
+        for c in chunks
+        if c.choices and c.choices[0].delta.refusal
+    ]
+    assert pieces == build_reply(ask("refuse"), 5)
+    assert text_of(chunks) == ""
+    assert chunks[-2].choices[0].finish_reason == "stop"
+
+    whole = client.chat.completions.create(
+        model=MODEL, messages=ask("refuse [[refusal]] [[tokens:5]]")
+    )
+    assert whole.choices[0].message.refusal == "".join(pieces)
+    assert whole.choices[0].message.content is None
+
+
+def test_cached_tokens_and_fingerprint(client):
+    chunks = list(stream(client, "cache me [[cached:4]]"))
+
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == 4
+    assert chunks[-1].usage.prompt_tokens >= 4
+    assert {c.system_fingerprint for c in chunks} == {"fp_test"}
+    whole = client.chat.completions.create(
+        model=MODEL, messages=ask("cache me [[cached:2048]]")
+    )
+    assert whole.system_fingerprint == "fp_test"
+    assert whole.usage.prompt_tokens_details.cached_tokens == 2048
+    assert whole.usage.prompt_tokens == 2048
+
+
+def test_usage_has_no_cached_details_unless_asked(client):
+    chunks = list(stream(client, "uncached"))
+
+    assert chunks[-1].usage.prompt_tokens_details is None
+
+
+@pytest.mark.parametrize(
+    ("prompt", "max_tokens"),
+    [
+        ("reason [[reasoning:8]]", None),
+        ("reason [[reasoning:8]]", 3),
+        ("reason [[reasoning:8]]", 8),
+        ("reason [[reasoning:8]]", 10),
+        ("reason [[reasoning:8]] [[tokens:0]]", None),
+        ("reason [[reasoning:5]] [[tool_calls:2]] [[tokens:0]]", None),
+        ("reason [[reasoning:8]] [[reasoning_field:think]]", 5),
+        ("reason [[reasoning:8]] [[reasoning_field:think]] [[usage_in_choice]]", None),
+    ],
+)
+def test_reasoning_tokens_never_exceed_completion_tokens(client, prompt, max_tokens):
+    options = {} if max_tokens is None else {"max_tokens": max_tokens}
+    usage = list(stream(client, prompt, **options))[-1].usage
+    whole = client.chat.completions.create(model=MODEL, messages=ask(prompt), **options)
+
+    for counted in (usage, whole.usage):
+        reasoning = counted.completion_tokens_details.reasoning_tokens
+        assert 0 < reasoning <= counted.completion_tokens
+        assert counted.total_tokens == counted.prompt_tokens + counted.completion_tokens
+
+
+# --- Request fields that take effect -------------------------------------------
+
+
+def test_reject_param_answers_openai_unrecognized_argument(client, port):
+    with pytest.raises(openai.BadRequestError) as caught:
+        stream(client, "no seeds [[reject_param:seed]]", seed=7)
+
+    assert caught.value.body == {
+        "message": "Unrecognized request argument supplied: seed",
+        "type": "invalid_request_error",
+        "param": "seed",
+        "code": None,
+    }
+    assert text_of(list(stream(client, "no seeds here [[reject_param:seed]]")))
+
+
+def test_reject_param_can_name_several_fields(client):
+    prompt = "picky [[reject_param:seed]] [[reject_param:top_p]]"
+    with pytest.raises(openai.BadRequestError, match="supplied: top_p"):
+        stream(client, prompt, top_p=0.5)
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_stop_cuts_the_answer_before_the_first_stop_sequence(client, as_list):
+    reply = "".join(build_reply(ask("stop here"), 30))
+    word = reply.split()[8]
+    stop = ["zzz", word] if as_list else word
+    chunks = list(stream(client, "stop here", stop=stop))
+    whole = client.chat.completions.create(
+        model=MODEL, messages=ask("stop here"), stop=stop
+    )
+
+    expected = reply[: reply.index(word)]
+    assert text_of(chunks) == expected
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert whole.choices[0].message.content == expected
+    assert whole.choices[0].finish_reason == "stop"
+
+
+def test_stop_inside_a_word_cuts_the_piece(client):
+    reply = build_reply(ask("cut inside"), 30)
+    stop = reply[5][3:6]
+    expected = "".join(reply)[: "".join(reply).index(stop)]
+    chunks = list(stream(client, "cut inside", stop=stop))
+
+    assert text_of(chunks) == expected
+    assert chunks[-1].usage.completion_tokens == len(content_chunks(chunks))
+
+
+def test_stop_that_never_occurs_changes_nothing(client):
+    chunks = list(stream(client, "no stop", stop=["qqqq"]))
+
+    assert text_of(chunks) == "".join(build_reply(ask("no stop"), 30))
+
+
+def test_seed_chooses_the_filler_words(client):
+    def answer(seed: int | None) -> str:
+        options = {} if seed is None else {"seed": seed}
+        return text_of(list(stream(client, "seeded", **options)))
+
+    assert answer(5) == answer(5) == "".join(build_reply(ask("seeded"), 30, seed=5))
+    assert answer(5) != answer(6)
+    assert answer(None) == "".join(build_reply(ask("seeded"), 30))
+
+
+def test_json_object_answer_is_a_json_object(client):
+    chunks = list(
+        stream(client, "as json [[tokens:6]]", response_format={"type": "json_object"})
+    )
+
+    text = text_of(chunks)
+    assert json.loads(text) == {"answer": "".join(build_reply(ask("as json"), 6))}
+    assert len(content_chunks(chunks)) > 3
+
+
+def test_parse_with_a_pydantic_model_gets_a_matching_object(client, port):
+    from pydantic import BaseModel
+
+    class Forecast(BaseModel):
+        city: str
+        temperature: float
+        days: int
+        sunny: bool
+        tags: list[str]
+
+    completion = client.chat.completions.parse(
+        model=MODEL, messages=ask("forecast marker"), response_format=Forecast
+    )
+
+    forecast = completion.choices[0].message.parsed
+    assert isinstance(forecast, Forecast)
+    assert len(forecast.tags) == 3 and all(forecast.tags)
+    sent = record_for(port, "forecast marker")["body"]["response_format"]
+    assert sent["type"] == "json_schema"
+    assert completion.choices[0].message.content == build_json_reply(
+        ask("forecast marker"), sent, 30
+    )
+
+
+def test_json_schema_follows_refs_enums_and_nesting():
+    schema = {
+        "type": "object",
+        "properties": {
+            "place": {"$ref": "#/$defs/Place"},
+            "unit": {"enum": ["C", "F"]},
+            "note": {"anyOf": [{"type": "null"}, {"type": "string"}]},
+            "scores": {"type": "array", "items": {"type": "integer"}, "minItems": 4},
+        },
+        "$defs": {
+            "Place": {"type": "object", "properties": {"name": {"type": "string"}}}
+        },
+    }
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "x", "schema": schema},
+    }
+
+    value = json.loads(build_json_reply(ask("refs"), response_format, 30))
+    assert set(value) == {"place", "unit", "note", "scores"}
+    assert isinstance(value["place"]["name"], str)
+    assert value["unit"] == "C"
+    assert isinstance(value["note"], str)
+    assert len(value["scores"]) == 4 and all(
+        isinstance(s, int) for s in value["scores"]
+    )

@@ -1,9 +1,10 @@
 """The interface every model provider implements.
 
-A provider's ``stream`` is a generator. Each value it yields is a batch: the pieces of
-text that one read of the model brought, in order, each marked as answer or reasoning
-text. It returns a ``Result``. A caller that waits between batches gets the text that
-arrived meanwhile in the next one; a provider never holds text back on its own.
+A provider's ``stream`` is a generator. Each value it yields is a batch: the pieces
+that one read of the model brought, in order: answer, reasoning or refusal text, or a
+fragment of a tool call (``toolcalls.py``). It returns a ``Result``. A caller that
+waits between batches gets what arrived meanwhile in the next one; a provider never
+holds anything back on its own.
 Closing the generator early must release the upstream connection, which is how a stop
 or a disconnect stops the bill.
 """
@@ -12,15 +13,21 @@ import logging
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from ..protocol import RETRYABLE, ChatRequest
+from ..chat_request import ChatRequest
+from ..errors import RETRYABLE
 
 ANSWER: Literal["answer"] = "answer"
 REASONING: Literal["reasoning"] = "reasoning"
-Kind = Literal["answer", "reasoning"]
-# A piece of text and what it is; a batch is the pieces one read brought, in order.
-Piece = tuple[Kind, str]
+REFUSAL: Literal["refusal"] = "refusal"
+TOOL_CALL: Literal["tool_call"] = "tool_call"
+Kind = Literal["answer", "reasoning", "refusal", "tool_call"]
+# What a piece is and what it holds: ``(kind, text)`` for text, ``(kind, text,
+# logprobs)`` for text whose tokens' log probabilities the upstream sent (OpenAI's
+# ``logprobs.content`` entries), ``(TOOL_CALL, fragment)`` for a piece of a tool
+# call. A batch is the pieces one read brought, in order.
+Piece = tuple[Any, ...]
 Batch = list[Piece]
 
 
@@ -31,6 +38,8 @@ class Usage:
     total_tokens: int
     # Of completion_tokens, those spent reasoning; None when the upstream said nothing.
     reasoning_tokens: int | None = None
+    # Of prompt_tokens, those the upstream had cached; None when it said nothing.
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,8 @@ class Result:
     finish_reason: str
     model: str
     usage: Usage | None = None
+    # The upstream's configuration fingerprint, passed on when it sends one.
+    system_fingerprint: str | None = None
 
 
 class Abort:
@@ -69,13 +80,16 @@ class Abort:
 
 
 class UpstreamError(Exception):
-    """A failure of the model behind the relay, with the protocol's error code."""
+    """A failure of the model behind the relay, with the protocol's error code, and
+    the seconds after which the upstream said a retry may succeed (its
+    ``Retry-After``), when it said."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = RETRYABLE[code]
+        self.retry_after = retry_after
 
 
 class Provider(Protocol):

@@ -10,9 +10,10 @@ import random
 import re
 import time
 from collections.abc import Generator
+from typing import Any
 
 from .. import tokens
-from ..protocol import ChatRequest
+from ..chat_request import ChatRequest, message_text
 from .base import ANSWER, REASONING, Abort, Batch, Piece, Result, Usage
 
 MODEL = "demo"
@@ -68,10 +69,23 @@ _THOUGHTS = (
 )
 
 
-def _digest(messages: list[dict[str, str]]) -> bytes:
+def _digest(messages: list[dict[str, Any]]) -> bytes:
     return hashlib.sha256(
-        "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in messages).encode()
+        "\x1e".join(f"{m['role']}\x1f{message_text(m)}" for m in messages).encode()
     ).digest()
+
+
+def _question(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last user message: what the demo model answers (a tool result that
+    follows it changes nothing, since the demo model calls no tools)."""
+    return next(m for m in reversed(messages) if m["role"] == "user")
+
+
+def _images(message: dict[str, Any]) -> int:
+    content = message.get("content")
+    if isinstance(content, str):
+        return 0
+    return sum(1 for part in content or () if part.get("type") == "image_url")
 
 
 def _keywords(text: str) -> list[str]:
@@ -88,9 +102,10 @@ def _quote(text: str, limit: int = 160) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def compose(messages: list[dict[str, str]]) -> str:
+def compose(messages: list[dict[str, Any]]) -> str:
     """The demo model's whole answer to a conversation, as markdown."""
-    question = messages[-1]["content"]
+    asked = _question(messages)
+    question = message_text(asked) or "this image"
     rng = random.Random(_digest(messages))
     words = _keywords(question) or ["your question"]
     topic = " and ".join(f"**{w}**" for w in words[:2])
@@ -104,6 +119,11 @@ def compose(messages: list[dict[str, str]]) -> str:
         + (f" (turn {turn} of our conversation)." if turn > 1 else "."),
         rng.choice(_OPENERS).format(topic=topic),
     ]
+    if images := _images(asked):
+        parts.append(
+            f"You sent {images} image{'s' if images > 1 else ''}; the demo model "
+            "cannot see images, so this answer is about your words only."
+        )
     points = rng.sample(_POINTS, 3)
     if any(k in lowered for k in ("step", "how do", "how to", "list")):
         parts.append(
@@ -139,9 +159,9 @@ def split_tokens(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
-def compose_reasoning(messages: list[dict[str, str]]) -> str:
+def compose_reasoning(messages: list[dict[str, Any]]) -> str:
     """What the demo reasoning model thinks before it answers, as plain prose."""
-    question = messages[-1]["content"]
+    question = message_text(_question(messages)) or "this image"
     rng = random.Random(_digest(messages) + b"reasoning")
     words = _keywords(question) or ["the question"]
     a, b = words[0], words[1] if len(words) > 1 else words[0]
@@ -169,7 +189,7 @@ class DemoProvider:
     def stream(
         self,
         request: ChatRequest,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         abort: Abort | None = None,
     ) -> Generator[Batch, None, Result]:
         pieces: list[Piece] = []

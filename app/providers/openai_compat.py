@@ -7,13 +7,19 @@ in ``delta.reasoning_content`` (DeepSeek, llama.cpp, LiteLLM, older vLLM), in
 ``delta.reasoning`` (OpenRouter, Ollama, newer vLLM), or in the content between
 ``<think>`` tags (a server with no reasoning parser).
 
-Every failure is mapped to one of the protocol's error codes here, with a message that
-never carries the API key: some servers quote the key they were sent.
+Every failure is mapped to one of the protocol's error codes here, with a message of
+this relay's own: the code, the upstream's HTTP status, and the field it rejected
+when its error object names one (``param``). The upstream's own text goes to the log
+only, redacted: it may quote the key it was sent, or name internal hosts and paths.
+Its ``Retry-After`` is passed on, bounded to 1-300 s.
 """
 
+import email.utils
 import logging
+import math
 import re
 import threading
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Generator
@@ -23,8 +29,19 @@ import httpx2
 import jiter
 import openai
 
-from ..protocol import ChatRequest
-from .base import ANSWER, REASONING, Abort, Batch, Result, UpstreamError, Usage
+from ..chat_request import ChatRequest
+from ..toolcalls import ToolCallReader
+from .base import (
+    ANSWER,
+    REASONING,
+    REFUSAL,
+    TOOL_CALL,
+    Abort,
+    Batch,
+    Result,
+    UpstreamError,
+    Usage,
+)
 from .reasoning import ThinkTags
 from .sse import EventSplitter
 from .transport import StreamingTransport, reads
@@ -35,6 +52,11 @@ _KNOWN_FINISH = {"stop", "length", "content_filter", "tool_calls"}
 _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 # Keys of OpenAI ("sk-…"), Azure and most proxies look like long opaque tokens.
 _SECRET = re.compile(r"(sk-[\w\-*.]{4,}|Bearer\s+\S+)")
+# A rejected field's name, as OpenAI's error objects give it ("messages[0].content");
+# anything else in ``param`` is not repeated.
+_PARAM = re.compile(r"[A-Za-z_][\w.\[\]-]{0,63}")
+# The range a Retry-After passed on to clients is held to, in seconds.
+RETRY_AFTER_BOUNDS = (1, 300)
 
 
 class OpenAIProvider:
@@ -113,60 +135,88 @@ class OpenAIProvider:
             )
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
+            log.warning(
+                "the upstream answered HTTP %d: %s",
+                status,
+                self.redact(_upstream_message(exc)),
+            )
             if isinstance(
                 exc, (openai.AuthenticationError, openai.PermissionDeniedError)
             ):
-                # The upstream's own message may quote the key: say nothing of it.
                 return UpstreamError(
                     "upstream_auth",
                     f"the upstream refused the server's credentials (HTTP {status})",
                 )
-            detail = self.redact(_upstream_message(exc))
             if isinstance(exc, openai.NotFoundError):
                 return UpstreamError(
                     "upstream_not_found",
                     f"the upstream does not know this model or endpoint "
-                    f"(HTTP {status}): {detail}",
+                    f"(HTTP {status})",
                 )
+            retry_after = _retry_after(exc.response)
             if isinstance(exc, openai.RateLimitError):
                 return UpstreamError(
                     "upstream_rate_limited",
-                    f"the upstream is rate limiting requests (HTTP {status}): {detail}",
+                    f"the upstream is rate limiting requests (HTTP {status}); retry "
+                    "later",
+                    retry_after,
                 )
             if status >= 500:
                 return UpstreamError(
                     "upstream_unavailable",
-                    f"the upstream failed (HTTP {status}): {detail}",
+                    f"the upstream failed (HTTP {status}); retry later",
+                    retry_after,
+                )
+            param = _param(exc)
+            if param is not None:
+                # Our words about a structured field: "param: ..." names it, as
+                # every invalid_request does.
+                return UpstreamError(
+                    "upstream_error",
+                    f"{param}: the upstream rejected this field (HTTP {status})",
                 )
             return UpstreamError(
                 "upstream_error",
-                f"the upstream rejected the request (HTTP {status}): {detail}",
+                f"the upstream rejected the request (HTTP {status})",
             )
-        return UpstreamError("upstream_error", self.redact(str(exc)))
+        log.warning(
+            "the upstream's answer could not be read: %s", self.redact(repr(exc))
+        )
+        return UpstreamError(
+            "upstream_bad_response", "the upstream's answer could not be read"
+        )
 
     def _midstream(self, message: str) -> UpstreamError:
+        """The upstream reported a failure inside its stream: a fault on its side
+        (the stream's status was 200 already)."""
+        log.warning("the upstream failed mid-stream: %s", self.redact(message))
+        return UpstreamError("upstream_unavailable", "the upstream failed mid-answer")
+
+    def _not_json(self, payload: bytes) -> UpstreamError:
+        excerpt = payload[:200].decode("utf-8", "replace")
+        log.warning(
+            "the upstream sent a chunk that is not JSON: %s", self.redact(excerpt)
+        )
         return UpstreamError(
-            "upstream_error",
-            f"the upstream reported an error mid-stream: {self.redact(message)}",
+            "upstream_bad_response", "the upstream sent a chunk that is not JSON"
         )
 
     def stream(
         self,
         request: ChatRequest,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         abort: Abort | None = None,
     ) -> Generator[Batch, None, Result]:
+        # Every parameter the client sent goes on as it came (chat_request.py says
+        # which ones the relay owns).
         kwargs: dict[str, Any] = {
+            **request.params,
             "model": request.model,
             "messages": messages,
             "stream": True,
         }
         if self._stream_usage:
             kwargs["stream_options"] = {"include_usage": True}
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
-        if request.max_tokens is not None:
-            kwargs["max_tokens"] = request.max_tokens
 
         try:
             # The package's documented way to post any request: the same auth,
@@ -218,7 +268,9 @@ class _Chunks:
         self.model = model
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
+        self.system_fingerprint: str | None = None
         self._think = think
+        self._tool_calls = ToolCallReader()
 
     def read(
         self, kind: bytes, payload: bytes, batch: Batch, provider: OpenAIProvider
@@ -227,7 +279,7 @@ class _Chunks:
         try:
             chunk = jiter.from_json(payload)
         except ValueError:
-            raise provider._midstream("a chunk that is not JSON") from None
+            raise provider._not_json(payload) from None
         if not isinstance(chunk, dict):
             return
         error = chunk.get("error")
@@ -236,6 +288,9 @@ class _Chunks:
         model = chunk.get("model")
         if isinstance(model, str) and model:
             self.model = model
+        fingerprint = chunk.get("system_fingerprint")
+        if isinstance(fingerprint, str) and fingerprint:
+            self.system_fingerprint = fingerprint
         self.usage = _usage(chunk.get("usage")) or self.usage
         # Some servers send chunks whose choices are empty or null.
         for choice in chunk.get("choices") or ():
@@ -243,6 +298,7 @@ class _Chunks:
                 continue
             delta = choice.get("delta")
             if isinstance(delta, dict):
+                start = len(batch)
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                 if isinstance(reasoning, str) and reasoning:
                     batch.append((REASONING, reasoning))
@@ -252,6 +308,19 @@ class _Chunks:
                         batch.append((ANSWER, content))
                     else:
                         batch += self._think.feed(content)
+                refusal = delta.get("refusal")
+                if isinstance(refusal, str) and refusal:
+                    batch.append((REFUSAL, refusal))
+                logprobs = _logprobs(choice.get("logprobs"))
+                if logprobs and len(batch) > start:
+                    # The log probabilities of this delta's tokens ride with its
+                    # last piece of text.
+                    batch[-1] = (*batch[-1][:2], logprobs)
+                if "tool_calls" in delta:
+                    batch += [
+                        (TOOL_CALL, fragment)
+                        for fragment in self._tool_calls.read(delta["tool_calls"])
+                    ]
             finish = choice.get("finish_reason")
             if isinstance(finish, str) and finish:
                 self.finish_reason = finish
@@ -269,7 +338,12 @@ class _Chunks:
             if finish_reason is not None:
                 log.info("unknown finish_reason %r reported as stop", finish_reason)
             finish_reason = "stop"
-        return Result(finish_reason=finish_reason, model=self.model, usage=self.usage)
+        return Result(
+            finish_reason=finish_reason,
+            model=self.model,
+            usage=self.usage,
+            system_fingerprint=self.system_fingerprint,
+        )
 
 
 def _usage(value: Any) -> Usage | None:
@@ -278,9 +352,24 @@ def _usage(value: Any) -> Usage | None:
     counts = [value.get(key) for key in _USAGE_KEYS]
     if not all(isinstance(count, int) for count in counts):
         return None
-    details = value.get("completion_tokens_details")
-    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
-    return Usage(*counts, reasoning if isinstance(reasoning, int) else None)
+    return Usage(
+        *counts,
+        reasoning_tokens=_detail(value, "completion_tokens", "reasoning_tokens"),
+        cached_tokens=_detail(value, "prompt_tokens", "cached_tokens"),
+    )
+
+
+def _detail(usage: dict[str, Any], counted: str, name: str) -> int | None:
+    """One count of ``usage``'s ``<counted>_details``, when the upstream gave it."""
+    details = usage.get(counted + "_details")
+    count = details.get(name) if isinstance(details, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
+
+
+def _logprobs(value: Any) -> list[Any] | None:
+    """A choice's ``logprobs.content`` entries (OpenAI's shape), when it has any."""
+    content = value.get("content") if isinstance(value, dict) else None
+    return content if isinstance(content, list) and content else None
 
 
 def _error_message(error: Any) -> str:
@@ -289,6 +378,38 @@ def _error_message(error: Any) -> str:
     if isinstance(error, str) and error:
         return error
     return "An error occurred during streaming"
+
+
+def _param(exc: openai.APIStatusError) -> str | None:
+    """The field the upstream's error object says it rejected, when it names one."""
+    param = getattr(exc, "param", None)
+    if isinstance(param, str) and _PARAM.fullmatch(param):
+        return param
+    return None
+
+
+def _retry_after(response: Any) -> int | None:
+    """The upstream's ``Retry-After`` (or OpenAI's ``retry-after-ms``) in whole
+    seconds within ``RETRY_AFTER_BOUNDS``; None when it sent none that reads."""
+    headers = getattr(response, "headers", None) or {}
+    seconds: float | None = None
+    try:
+        if headers.get("retry-after-ms"):
+            seconds = float(headers["retry-after-ms"]) / 1000
+        elif headers.get("retry-after"):
+            value = headers["retry-after"].strip()
+            try:
+                seconds = float(value)
+            except ValueError:
+                # An HTTP date.
+                seconds = email.utils.parsedate_to_datetime(value).timestamp()
+                seconds -= time.time()
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    low, high = RETRY_AFTER_BOUNDS
+    return min(max(math.ceil(seconds), low), high)
 
 
 def _upstream_message(exc: openai.APIError) -> str:

@@ -93,6 +93,42 @@ def browser():
         browser.close()
 
 
+# Reports each violation of the page's Content-Security-Policy as a console error;
+# added to every page before its own scripts run (Playwright's init scripts are
+# exempt from the policy).
+_REPORT_CSP_VIOLATIONS = """
+document.addEventListener('securitypolicyviolation', (event) => {
+  console.error(`CSP violation: ${event.effectiveDirective} refused `
+    + `${event.blockedURI || 'inline'} at ${event.sourceFile}:${event.lineNumber}`);
+}, true);
+"""
+
+
+@pytest.fixture(autouse=True)
+def csp_violations(browser, monkeypatch) -> Iterator[list[str]]:
+    """The Content-Security-Policy violations of every page the test opens, in any
+    context made by ``browser.new_context``; the test fails if there are any."""
+    violations: list[str] = []
+    new_context = browser.new_context
+
+    def watched_context(*args, **kwargs):
+        context = new_context(*args, **kwargs)
+        context.add_init_script(script=_REPORT_CSP_VIOLATIONS)
+        context.on(
+            "console",
+            lambda message: (
+                violations.append(message.text)
+                if message.text.startswith("CSP violation:")
+                else None
+            ),
+        )
+        return context
+
+    monkeypatch.setattr(browser, "new_context", watched_context)
+    yield violations
+    assert not violations, f"the page broke its Content-Security-Policy: {violations}"
+
+
 @pytest.fixture
 def new_page(browser, web_url):
     """Opens pages (a path on the demo server, or any absolute URL), each in a new

@@ -1,11 +1,16 @@
-import { useCallback } from 'react';
+import { useCallback, useMemo } from 'react';
 import ConnectionNotice from './components/ConnectionNotice.jsx';
 import ConnectionState from './components/ConnectionState.jsx';
 import Composer from './components/Composer.jsx';
 import ModelChooser from './components/ModelChooser.jsx';
+import RequestOptions from './components/RequestOptions.jsx';
 import Transcript from './components/Transcript.jsx';
+import { optionsFromQuery } from './requestOptions.js';
 import { useChat } from './useChat.js';
 import { useModels } from './useModels.js';
+
+// Read once: a reload keeps the query, so the tab keeps its options.
+const QUERY = optionsFromQuery(window.location.search);
 
 const SUGGESTIONS = [
   'Explain how Socket.IO rooms work',
@@ -33,9 +38,11 @@ export default function App() {
   const { messages, streaming, connection, notice, send, stop, regenerate, newChat } = useChat();
   const connected = connection === 'connected';
   const { models, model, choose } = useModels(connected);
-  // Every question, and every regenerate or retry, goes to the model chosen at that moment.
-  const sendToModel = useCallback((text) => send(text, model), [send, model]);
-  const regenerateWithModel = useCallback(() => regenerate(model), [regenerate, model]);
+  // Every question, and every regenerate or retry, goes to the model chosen at that
+  // moment, with the query's options.
+  const settings = useMemo(() => ({ model, options: QUERY.options }), [model]);
+  const sendToModel = useCallback((text, images = []) => send(text, images, settings), [send, settings]);
+  const regenerateWithModel = useCallback(() => regenerate(settings), [regenerate, settings]);
   return (
     <div className="app">
       <header className="topbar">
@@ -47,6 +54,7 @@ export default function App() {
         </h1>
         <ConnectionState state={connection} />
         <nav className="topbar-actions">
+          <RequestOptions options={QUERY.options} problem={QUERY.problem} />
           <ModelChooser models={models} value={model} onChange={choose} />
           <a className="button ghost small" href="/demo">
             Demo

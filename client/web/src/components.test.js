@@ -8,7 +8,10 @@ import ConnectionNotice from './components/ConnectionNotice.jsx';
 import ConnectionState from './components/ConnectionState.jsx';
 import Message from './components/Message.jsx';
 import ModelChooser from './components/ModelChooser.jsx';
+import Composer from './components/Composer.jsx';
+import RequestOptions from './components/RequestOptions.jsx';
 import ThinkingBlock from './components/ThinkingBlock.jsx';
+import ToolCallCard from './components/ToolCallCard.jsx';
 
 const render = (component, props) => renderToStaticMarkup(h(component, props));
 
@@ -125,4 +128,92 @@ test('a refused connection: the state says so and the notice says why', () => {
     `<p class="connection-notice" role="alert" data-testid="connection-notice">${text}</p>`,
   );
   expect(render(ConnectionNotice, { text: null })).toBe('');
+});
+
+describe('tool calls', () => {
+  const call = { index: 0, id: 'call_1', name: 'get_weather', arguments: '{"city":"Paris"}' };
+  const DONE = {
+    finish_reason: 'tool_calls',
+    tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }],
+  };
+
+  test('while streaming: the name and the raw arguments so far', () => {
+    const html = render(ToolCallCard, { call: { ...call, arguments: '{"city":"Pa' }, state: 'streaming' });
+    expect(html).toContain('<section class="tool-call is-streaming" data-testid="tool-call" data-state="streaming"');
+    expect(html).toContain('<code class="tool-call-name" data-testid="tool-call-name">get_weather</code>');
+    expect(html).toContain('data-testid="tool-call-state">calling…</span>');
+    expect(html).toContain('data-json="false"><code>{&quot;city&quot;:&quot;Pa</code></pre>');
+  });
+
+  test('once called: the arguments pretty-printed', () => {
+    const html = render(ToolCallCard, { call, state: 'called' });
+    expect(html).toContain('data-testid="tool-call-state">called</span>');
+    expect(html).toContain('data-json="true"><code>{\n  &quot;city&quot;: &quot;Paris&quot;\n}</code></pre>');
+  });
+
+  test('a message shows a card per call after its text, and says the page runs no tools', () => {
+    const message = answer({
+      content: 'Checking.',
+      toolCalls: [call, { index: 1, id: 'call_2', name: 'get_time', arguments: '{}' }],
+      status: 'done',
+      done: {
+        ...DONE,
+        tool_calls: [...DONE.tool_calls, { id: 'call_2', type: 'function', function: { name: 'get_time', arguments: '{}' } }],
+      },
+    });
+    const html = render(Message, { message });
+    expect(html.match(/data-testid="tool-call" data-state="called"/g)).toHaveLength(2);
+    expect(html.indexOf('answer-text')).toBeLessThan(html.indexOf('data-testid="tool-call"'));
+    expect(html.indexOf('get_weather')).toBeLessThan(html.indexOf('get_time'));
+    expect(html).toContain('data-testid="tool-note"');
+    expect(html).toContain('data-finish="tool_calls"');
+  });
+
+  test('only tool calls so far: no waiting dots, and no note until the calls are whole', () => {
+    const html = render(Message, { message: answer({ toolCalls: [call] }) });
+    expect(html).not.toContain('class="typing"');
+    expect(html).toContain('data-state="streaming"');
+    expect(html).not.toContain('tool-note');
+  });
+});
+
+test('a refusal shows in place of the answer, marked as one', () => {
+  const html = render(Message, { message: answer({ refusal: "I can't help with that.", status: 'done', done: {} }) });
+  expect(html).toContain(
+    '<div class="refusal" role="note" data-testid="refusal"><span class="refusal-label">Refused</span> I can&#x27;t help with that.</div>',
+  );
+  expect(html).not.toContain('answer-text');
+  expect(html).not.toContain('class="typing"');
+});
+
+describe('images', () => {
+  const url = 'data:image/png;base64,iVBORw0KGgo=';
+  const user = (images) => ({ id: 'u1', role: 'user', content: 'What is this?', images });
+
+  test("a user turn shows its images' thumbnails above its text", () => {
+    const html = render(Message, { message: user([{ id: 'i1', name: 'cat.png', width: 40, height: 30, url }]) });
+    expect(html).toContain(
+      `<div class="bubble"><div class="user-images"><img class="user-image" src="${url}" alt="cat.png" width="40" height="30" data-testid="user-image"/></div>What is this?</div>`,
+    );
+  });
+
+  test('an image not kept over a reload says so', () => {
+    const html = render(Message, { message: user([{ id: 'i1', name: 'cat.png' }]) });
+    expect(html).toContain('<span class="image-missing" title="cat.png" data-testid="user-image-missing">image not kept</span>');
+    expect(html).not.toContain('<img');
+  });
+
+  test('the composer has an attach button and a file input for images', () => {
+    const html = render(Composer, { onSend: () => true, onStop: () => {}, streaming: false, canSend: true });
+    expect(html).toContain('<input type="file" accept="image/*" multiple="" hidden="" data-testid="attach-input"/>');
+    expect(html).toMatch(/<button type="button" class="attach" title="Attach images" aria-label="Attach images" data-testid="attach">/);
+    expect(html).not.toContain('data-testid="attachments"');
+  });
+});
+
+test('options from the query are named in the top bar; a bad query says it was ignored', () => {
+  const html = render(RequestOptions, { options: { tools: [], tool_choice: 'auto' }, problem: null });
+  expect(html).toContain('data-testid="request-options">options: tools, tool_choice</span>');
+  expect(render(RequestOptions, { options: null, problem: 'ignored.' })).toContain('is-ignored');
+  expect(render(RequestOptions, { options: null, problem: null })).toBe('');
 });

@@ -3,15 +3,21 @@
 // identity of every message it does not touch, so memoized components skip them.
 //
 // A message: {id, role: 'user'|'assistant', content}
+// A user message's `content` is its text; it may also have `images` (see images.js):
+//   [{id, name, type, width, height, bytes, url?}], `url` the data URL sent, held in
+//   memory only: a transcript loaded from sessionStorage has none ("image not kept")
 // An assistant message's `content` is its answer text; it also has:
 //   reasoning  the reasoning ("thinking") text, from chunks of kind "reasoning"; it comes
 //            before the answer, is shown apart from it and never goes back in the history
+//   refusal  the model's refusal text (chunks of kind "refusal"), shown instead of an answer
+//   toolCalls  [{index, id?, name?, arguments}] by index: the tool calls it streamed
+//            (chunks of kind "tool_call"), replaced by the `done` event's `tool_calls`
 //   thinkingSince  when (ms) its first reasoning chunk came
 //   thinkingMs  how long it reasoned: set when the answer text starts, or when the
 //            request ends with none; from the server's `done` timing once that is in
 //   status   'streaming' | 'done' | 'error'
-//   nextSeq  the seq of the next chunk to append: reasoning and answer chunks share it
-//   pending  {[seq]: {delta, kind}} for chunks that arrived ahead of a gap
+//   nextSeq  the seq of the next chunk to append: chunks of every kind share it
+//   pending  {[seq]: {kind, delta | call}} for chunks that arrived ahead of a gap
 //   doneEarly  a `done` that came before all the chunks it counts; applied once they are in
 //   gapSince, gapResumes  while a seq is missing: when the hole was seen (or last asked
 //            for again) in ms, and how many `resume`s went out for it (see noteGaps)
@@ -20,12 +26,24 @@
 //   resumeToken  from the `chat` ack: lets a new connection pick the stream up again
 //   resuming     true between losing the connection (or a reload) and the resume ack
 
-export function userMessage(id, content) {
-  return { id, role: 'user', content };
+import { MAX_REQUEST_IMAGE_BYTES } from './images.js';
+
+export function userMessage(id, content, images = []) {
+  return images.length > 0 ? { id, role: 'user', content, images } : { id, role: 'user', content };
 }
 
 export function assistantMessage(id) {
-  return { id, role: 'assistant', content: '', reasoning: '', status: 'streaming', nextSeq: 0, pending: {} };
+  return {
+    id,
+    role: 'assistant',
+    content: '',
+    reasoning: '',
+    refusal: '',
+    toolCalls: [],
+    status: 'streaming',
+    nextSeq: 0,
+    pending: {},
+  };
 }
 
 function indexOfId(messages, id) {
@@ -68,27 +86,62 @@ function settled(message) {
   return rest;
 }
 
-// A chunk's kind: no `kind` is answer text (clients that ignore kinds show it all as
-// the answer). A kind this page does not know takes its seq and is not shown.
-function kindOf(kind) {
-  if (kind === undefined || kind === null) return 'answer';
-  return kind === 'reasoning' ? 'reasoning' : 'other';
+const TEXT_KINDS = new Set(['reasoning', 'refusal']);
+
+// A chunk as a piece to append, or null when it is malformed: no `kind` is answer text
+// (clients that ignore kinds show it all as the answer); a kind this page does not know
+// takes its seq and is not shown.
+function pieceOf(kind, delta, call) {
+  if (kind === 'tool_call') {
+    const fragment = toolCallFragment(call);
+    return fragment && { kind, call: fragment };
+  }
+  if (kind === undefined || kind === null) return typeof delta === 'string' ? { kind: 'answer', delta } : null;
+  if (TEXT_KINDS.has(kind)) return typeof delta === 'string' ? { kind, delta } : null;
+  return { kind: 'other' };
 }
 
-// The text fields of an answer after appending `pieces` ({delta, kind}, in seq order)
-// at `now`: reasoning text, answer text, and when the reasoning started and ended.
+// A tool-call chunk's `tool_call`, checked: {index, id?, name?, arguments}.
+function toolCallFragment(call) {
+  if (!call || typeof call !== 'object' || !Number.isInteger(call.index) || call.index < 0) return null;
+  const args = call.arguments ?? '';
+  if (typeof args !== 'string') return null;
+  const fragment = { index: call.index, arguments: args };
+  if (typeof call.id === 'string' && call.id) fragment.id = call.id;
+  if (typeof call.name === 'string' && call.name) fragment.name = call.name;
+  return fragment;
+}
+
+// The calls with one more fragment: a new index starts a call (kept in index order);
+// a known one gets its arguments extended, and an id or name it still lacks.
+function withFragment(calls, fragment) {
+  const at = calls.findIndex((call) => call.index === fragment.index);
+  if (at < 0) return [...calls, fragment].sort((a, b) => a.index - b.index);
+  const call = calls[at];
+  const next = { ...call, arguments: call.arguments + fragment.arguments };
+  if (call.id === undefined && fragment.id !== undefined) next.id = fragment.id;
+  if (call.name === undefined && fragment.name !== undefined) next.name = fragment.name;
+  return replaceAt(calls, at, next);
+}
+
+// The fields of an answer after appending `pieces` (in seq order) at `now`: reasoning,
+// answer and refusal text, tool calls, and when the reasoning started and ended (at the
+// first piece of anything else).
 function appended(message, pieces, now) {
-  let { content, reasoning, thinkingSince, thinkingMs } = message;
-  for (const { delta, kind } of pieces) {
-    if (kind === 'reasoning') {
-      reasoning += delta;
+  let { content, reasoning, refusal = '', toolCalls = [], thinkingSince, thinkingMs } = message;
+  for (const piece of pieces) {
+    if (piece.kind === 'other') continue;
+    if (piece.kind === 'reasoning') {
+      reasoning += piece.delta;
       thinkingSince ??= now;
-    } else if (kind === 'answer') {
-      content += delta;
-      if (reasoning !== '' && thinkingMs === undefined) thinkingMs = Math.max(0, now - (thinkingSince ?? now));
+      continue;
     }
+    if (piece.kind === 'answer') content += piece.delta;
+    else if (piece.kind === 'refusal') refusal += piece.delta;
+    else toolCalls = withFragment(toolCalls, piece.call);
+    if (reasoning !== '' && thinkingMs === undefined) thinkingMs = Math.max(0, now - (thinkingSince ?? now));
   }
-  const text = { content, reasoning };
+  const text = { content, reasoning, refusal, toolCalls };
   if (thinkingSince !== undefined) text.thinkingSince = thinkingSince;
   if (thinkingMs !== undefined) text.thinkingMs = thinkingMs;
   return text;
@@ -96,16 +149,17 @@ function appended(message, pieces, now) {
 
 /**
  * Append a chunk in seq order; early chunks wait in `pending`, duplicates and strays are
- * dropped. Reasoning and answer chunks share one seq: a chunk's kind only says which text
- * it extends. `now` (ms) times the reasoning.
+ * dropped. Reasoning, answer, refusal and tool-call chunks share one seq: a chunk's kind
+ * only says what it extends. `now` (ms) times the reasoning.
  */
 export function applyChunk(messages, payload, now = Date.now()) {
-  const { id, seq, delta, kind } = payload || {};
+  const { id, seq, delta, kind, tool_call: call } = payload || {};
   const index = liveIndex(messages, id);
-  if (index < 0 || !Number.isInteger(seq) || typeof delta !== 'string') return messages;
+  if (index < 0 || !Number.isInteger(seq)) return messages;
+  const piece = pieceOf(kind, delta, call);
+  if (piece === null) return messages;
   const message = messages[index];
   if (seq < message.nextSeq || Object.hasOwn(message.pending, seq)) return messages;
-  const piece = { delta, kind: kindOf(kind) };
   if (seq > message.nextSeq) {
     return replaceAt(messages, index, { ...message, pending: { ...message.pending, [seq]: piece } });
   }
@@ -149,11 +203,46 @@ function serverThinkingMs(done) {
   return typeof total === 'number' ? Math.max(0, total - first) : undefined;
 }
 
+/**
+ * The tool calls of a `done` payload in OpenAI's shape, [{id, type: 'function',
+ * function: {name, arguments}}], or null when it has none (or they are malformed).
+ */
+export function doneToolCalls(done) {
+  const calls = done?.tool_calls;
+  if (!Array.isArray(calls) || calls.length === 0) return null;
+  const valid = calls.every(
+    (call) =>
+      call &&
+      typeof call.id === 'string' &&
+      typeof call.function?.name === 'string' &&
+      typeof call.function?.arguments === 'string',
+  );
+  if (!valid) return null;
+  return calls.map(({ id, function: { name, arguments: args } }) => ({
+    id,
+    type: 'function',
+    function: { name, arguments: args },
+  }));
+}
+
 // An answer that has ended: with `done` (status 'done') or an error (status 'error').
+// The `done` event's tool calls are the whole calls: they replace the streamed ones.
 function ended(message, status, outcome, now) {
   const finished = { ...settled(message), ...drainPending(message, now), status };
-  if (status === 'done') finished.done = outcome;
-  else finished.error = outcome;
+  if (status === 'done') {
+    finished.done = outcome;
+    const calls = doneToolCalls(outcome);
+    if (calls) {
+      finished.toolCalls = calls.map((call, index) => ({
+        index,
+        id: call.id,
+        name: call.function.name,
+        arguments: call.function.arguments,
+      }));
+    }
+  } else {
+    finished.error = outcome;
+  }
   if (finished.reasoning) {
     const measured = status === 'done' ? serverThinkingMs(outcome) : undefined;
     if (measured !== undefined) finished.thinkingMs = measured;
@@ -340,15 +429,81 @@ export function isStreaming(messages) {
   return messages.some((m) => m.role === 'assistant' && m.status === 'streaming');
 }
 
+// What the page answers for each tool call it was asked to make: it runs no tools, and
+// OpenAI-compatible servers want a `tool` message per call before the next user turn.
+export const TOOL_NOT_RUN = 'Not run: this chat page does not run tools.';
+
 /**
- * The turns to send to the server: every user turn and every assistant turn with answer
- * text, as {role, content}. Reasoning never goes back: upstreams refuse it or are told
- * to drop it.
+ * A tool call's state on its card: 'streaming' while the answer streams, 'called' once
+ * `done` gave the whole call, 'incomplete' when the answer ended without it (stopped,
+ * failed).
+ */
+export function toolCallState(message) {
+  if (message.status === 'streaming') return 'streaming';
+  return message.status === 'done' && doneToolCalls(message.done) ? 'called' : 'incomplete';
+}
+
+// The ids of the images the history can carry: those still held in memory, newest first,
+// while their data URLs fit in MAX_REQUEST_IMAGE_BYTES (older ones are left out).
+function imagesToSend(messages) {
+  const ids = new Set();
+  let total = 0;
+  for (let i = messages.length - 1; i >= 0; i -= 1) {
+    for (const image of messages[i].images ?? []) {
+      if (typeof image.url !== 'string') continue;
+      total += image.url.length;
+      if (total > MAX_REQUEST_IMAGE_BYTES) return ids;
+      ids.add(image.id);
+    }
+  }
+  return ids;
+}
+
+// A user turn's content: its text, or with images OpenAI's parts (text first, then one
+// image_url part per image). An image the page no longer holds (reloaded tab, over the
+// request's budget) is said in a text part, so the model knows one was there.
+function userContent(message, sendable) {
+  const images = message.images ?? [];
+  if (images.length === 0) return message.content;
+  const sent = images.filter((image) => sendable.has(image.id));
+  const left = images.length - sent.length;
+  const texts = [message.content, left > 0 ? `[${left} image${left > 1 ? 's' : ''} not resent]` : ''].filter(
+    (text) => text !== '',
+  );
+  if (sent.length === 0) return texts.join('\n\n');
+  return [
+    ...texts.map((text) => ({ type: 'text', text })),
+    ...sent.map((image) => ({ type: 'image_url', image_url: { url: image.url } })),
+  ];
+}
+
+/**
+ * The turns to send to the server: every user turn (with its images), and every
+ * assistant turn with answer text, a refusal or tool calls. Reasoning never goes back:
+ * upstreams refuse it or are told to drop it. An answer whose `done` gave tool calls
+ * goes back with them (OpenAI's shape, `content` null when it had no text), followed by
+ * a `tool` message per call saying it was not run (TOOL_NOT_RUN), so that the next user
+ * turn is valid; tool calls cut short (stopped, failed) are left out, their text kept.
  */
 export function historyOf(messages) {
-  return messages
-    .filter((m) => m.role === 'user' || (m.role === 'assistant' && m.content !== ''))
-    .map((m) => ({ role: m.role, content: m.content }));
+  const sendable = imagesToSend(messages);
+  const history = [];
+  for (const m of messages) {
+    if (m.role === 'user') {
+      history.push({ role: 'user', content: userContent(m, sendable) });
+      continue;
+    }
+    if (m.role !== 'assistant') continue;
+    const text = m.content !== '' ? m.content : (m.refusal ?? '');
+    const calls = m.status === 'done' ? doneToolCalls(m.done) : null;
+    if (calls) {
+      history.push({ role: 'assistant', content: text === '' ? null : text, tool_calls: calls });
+      for (const call of calls) history.push({ role: 'tool', tool_call_id: call.id, content: TOOL_NOT_RUN });
+    } else if (text !== '') {
+      history.push({ role: 'assistant', content: text });
+    }
+  }
+  return history;
 }
 
 /** Remove the last assistant turn (and anything after the last user turn) for a regenerate. */
@@ -406,12 +561,26 @@ const FINISH_WORDS = {
 
 // What survives a reload: the turns, their reasoning, finished metadata, and for an
 // answer still streaming its text so far, next seq and resume token, to pick it up again.
+// Images keep their description, never their data: sessionStorage holds ~5 MB a tab.
 export function toStored(messages) {
   return messages.map(({ pending, resuming, doneEarly, gapSince, gapResumes, ...rest }) => {
+    if (rest.role === 'user') {
+      return rest.images ? { ...rest, images: rest.images.map(({ url, ...described }) => described) } : rest;
+    }
     if (rest.status === 'streaming') return rest;
     const { resumeToken, nextSeq, ...finished } = rest;
     return finished;
   });
+}
+
+// A stored image's description, without any data: a reloaded tab has not kept it.
+function storedImage(image, index) {
+  const described = { id: typeof image.id === 'string' ? image.id : `stored-${index}` };
+  for (const field of ['name', 'type']) if (typeof image[field] === 'string') described[field] = image[field];
+  for (const field of ['width', 'height', 'bytes']) {
+    if (Number.isFinite(image[field])) described[field] = image[field];
+  }
+  return described;
 }
 
 export function fromStored(value) {
@@ -425,11 +594,18 @@ export function fromStored(value) {
         typeof m.content === 'string',
     )
     .map((m) => {
-      if (m.role !== 'assistant') return m;
+      if (m.role !== 'assistant') {
+        const { images, ...user } = m;
+        if (!Array.isArray(images)) return user;
+        const kept = images.filter((image) => image && typeof image === 'object').map(storedImage);
+        return kept.length > 0 ? { ...user, images: kept } : user;
+      }
       const message = {
         status: 'done',
         ...m,
         reasoning: typeof m.reasoning === 'string' ? m.reasoning : '',
+        refusal: typeof m.refusal === 'string' ? m.refusal : '',
+        toolCalls: Array.isArray(m.toolCalls) ? m.toolCalls.map(toolCallFragment).filter(Boolean) : [],
         pending: {},
       };
       for (const field of ['thinkingSince', 'thinkingMs']) {

@@ -408,7 +408,7 @@ describe('reasoning and answer chunks (kind)', () => {
   test('a kind this page does not know takes its seq and is not shown', () => {
     const m = applyEvents(started(), [
       say(0, 'A', 1),
-      { type: 'chunk', payload: { id: 'a1', seq: 1, delta: '{"x":1}', kind: 'tool_call' }, receivedAt: 2 },
+      { type: 'chunk', payload: { id: 'a1', seq: 1, delta: '{"x":1}', kind: 'audio' }, receivedAt: 2 },
       say(2, 'B', 3),
     ]);
     expect(m[1]).toMatchObject({ content: 'AB', reasoning: '', nextSeq: 3 });

@@ -199,13 +199,14 @@ export function useChat() {
   }, [commit]);
   useGapTimer(nextGapDue(messages), fillGaps);
 
-  // Ask `model` (null: the server's default) for an answer to `base`, whose last turn is
-  // the user's.
+  // Ask for an answer to `base`, whose last turn is the user's: of `model` (null: the
+  // server's default), with Chat Completions `options` (null: none).
   const ask = useCallback(
-    (base, model) => {
+    (base, { model = null, options = null } = {}) => {
       const id = crypto.randomUUID();
       const request = { id, messages: historyOf(base) };
       if (model) request.model = model;
+      if (options) request.options = options;
       // The answer's state exists before the request leaves: chunks may beat the ack.
       commit([...base, assistantMessage(id)]);
       socket
@@ -224,12 +225,14 @@ export function useChat() {
     [commit],
   );
 
+  // A question: its text and attached images (images.js), asked with `settings`
+  // ({model, options}, see ask).
   const send = useCallback(
-    (text, model = null) => {
+    (text, images = [], settings = {}) => {
       buffer.current?.flush();
       const content = text.trim();
-      if (!content || isStreaming(current.current)) return false;
-      ask([...current.current, userMessage(crypto.randomUUID(), content)], model);
+      if ((!content && images.length === 0) || isStreaming(current.current)) return false;
+      ask([...current.current, userMessage(crypto.randomUUID(), content, images)], settings);
       return true;
     },
     [ask],
@@ -245,11 +248,11 @@ export function useChat() {
   }, []);
 
   const regenerate = useCallback(
-    (model = null) => {
+    (settings = {}) => {
       buffer.current?.flush();
       if (isStreaming(current.current)) return;
       const base = dropLastAnswer(current.current);
-      if (base.length > 0 && base[base.length - 1].role === 'user') ask(base, model);
+      if (base.length > 0 && base[base.length - 1].role === 'user') ask(base, settings);
     },
     [ask],
   );
