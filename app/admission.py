@@ -154,13 +154,7 @@ class Admission:
                 self.max_sessions = _derived_max_sessions()
             held = self._per_address.get(address, 0)
             if held >= self.max_per_address:
-                return Refusal(
-                    "429 Too Many Requests",
-                    "too_many_connections",
-                    f"this address already holds {self.max_per_address} connections; "
-                    "close one first",
-                    _RETRY_SECONDS,
-                )
+                return self._address_full()
             if self._open >= self.max_sessions:
                 return Refusal(
                     "503 Service Unavailable",
@@ -175,9 +169,7 @@ class Admission:
     def _release(self, address: str) -> None:
         with self._lock:
             self._open -= 1
-            held = self._per_address.pop(address, 0) - 1
-            if held > 0:
-                self._per_address[address] = held
+            self._free_address_place(address)
 
     # -- HTTP requests whose body is arriving (app/http_limits.py) --------------------
 
@@ -187,21 +179,28 @@ class Admission:
         with self._lock:
             held = self._per_address.get(address, 0)
             if held >= self.max_per_address:
-                return Refusal(
-                    "429 Too Many Requests",
-                    "too_many_connections",
-                    f"this address already holds {self.max_per_address} connections; "
-                    "close one first",
-                    _RETRY_SECONDS,
-                )
+                return self._address_full()
             self._per_address[address] = held + 1
         return None
 
     def release_request(self, address: str) -> None:
         with self._lock:
-            held = self._per_address.pop(address, 0) - 1
-            if held > 0:
-                self._per_address[address] = held
+            self._free_address_place(address)
+
+    def _address_full(self) -> Refusal:
+        return Refusal(
+            "429 Too Many Requests",
+            "too_many_connections",
+            f"this address already holds {self.max_per_address} connections; "
+            "close one first",
+            _RETRY_SECONDS,
+        )
+
+    def _free_address_place(self, address: str) -> None:
+        # Under self._lock.
+        held = self._per_address.pop(address, 0) - 1
+        if held > 0:
+            self._per_address[address] = held
 
     def _within_rate(self, address: str) -> bool:
         now = time.monotonic()

@@ -157,7 +157,7 @@ class Completion:
             "finish_reason": None,
         }
         if len(piece) > 2:
-            choice["logprobs"] = {"content": piece[2]}
+            choice["logprobs"] = {_logprobs_field(piece): piece[2]}
         return self._chunk([choice])
 
     def finish(self, done: dict[str, Any]) -> dict[str, Any]:
@@ -172,20 +172,20 @@ class Completion:
     def whole(self, pieces: list[Piece], done: dict[str, Any]) -> dict:
         """The ``chat.completion`` of a request made without ``stream``."""
         texts: dict[str, list[str]] = {ANSWER: [], REASONING: [], REFUSAL: []}
-        logprobs: list[Any] = []
+        logprobs: dict[str, list[Any]] = {}
         for piece in pieces:
             if piece[0] != TOOL_CALL:
                 texts[piece[0]].append(piece[1])
                 if len(piece) > 2:
-                    logprobs += piece[2]
+                    logprobs.setdefault(_logprobs_field(piece), []).extend(piece[2])
         answer = "".join(texts[ANSWER])
         tool_calls = done.get("tool_calls") or assemble(
             piece[1] for piece in pieces if piece[0] == TOOL_CALL
         )
         message: dict[str, Any] = {
             "role": "assistant",
-            # OpenAI's: null when the answer is tool calls alone.
-            "content": answer if answer or not tool_calls else None,
+            # OpenAI's: null when the answer is tool calls or a refusal alone.
+            "content": answer if answer or not (tool_calls or texts[REFUSAL]) else None,
             "refusal": "".join(texts[REFUSAL]) or None,
         }
         if texts[REASONING]:
@@ -202,7 +202,7 @@ class Completion:
                     "index": 0,
                     "message": message,
                     "finish_reason": done["finish_reason"],
-                    "logprobs": {"content": logprobs} if logprobs else None,
+                    "logprobs": logprobs or None,
                 }
             ],
             "usage": usage(done),
@@ -225,6 +225,11 @@ class Completion:
         if done is not None and done.get("system_fingerprint"):
             chunk["system_fingerprint"] = done["system_fingerprint"]
         return chunk
+
+
+def _logprobs_field(piece: Piece) -> str:
+    """Where OpenAI puts a piece's log probabilities: a refusal's apart."""
+    return "refusal" if piece[0] == REFUSAL else "content"
 
 
 def _delta(piece: Piece) -> dict[str, Any]:

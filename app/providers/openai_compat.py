@@ -367,9 +367,12 @@ def _detail(usage: dict[str, Any], counted: str, name: str) -> int | None:
 
 
 def _logprobs(value: Any) -> list[Any] | None:
-    """A choice's ``logprobs.content`` entries (OpenAI's shape), when it has any."""
-    content = value.get("content") if isinstance(value, dict) else None
-    return content if isinstance(content, list) and content else None
+    """A choice's log probability entries (OpenAI's ``logprobs.content``, or
+    ``logprobs.refusal`` for a refusal's tokens), when it has any."""
+    if not isinstance(value, dict):
+        return None
+    entries = value.get("content") or value.get("refusal")
+    return entries if isinstance(entries, list) and entries else None
 
 
 def _error_message(error: Any) -> str:
