@@ -375,7 +375,9 @@ def _whole(
             if event == _CHUNK:
                 pieces.append(payload[1])
             elif event == "done":
-                return jsonify(completion.whole(pieces, payload))
+                whole = json.dumps(completion.whole(pieces, payload)).encode()
+                body = WholeBody(relay, sid, completion.id, whole)
+                return Response(body, mimetype="application/json")
             elif event == "error":
                 raise _as_error(payload)
             else:
@@ -494,23 +496,52 @@ class SseResponse:
             self._relay.disconnect(self._sid)
 
 
+class WholeBody:
+    """The body of a whole ``chat.completion``, written under the write timeout
+    a stream has: a client that never reads it does not hold its connection."""
+
+    def __init__(self, relay: Relay, sid: str, completion_id: str, body: bytes):
+        self._relay = relay
+        self._sid = sid
+        self._id = completion_id
+        self._body = body
+        self._environ = request.environ
+        self.write_timeout: float = current_app.config["RESPONSE_WRITE_TIMEOUT"]
+        self.writing_since: float | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        _WRITERS.add(self)
+        self.writing_since = time.monotonic()
+        yield self._body
+        self.writing_since = None
+
+    def cut(self, why: str) -> None:
+        log.warning("response %s cut: %s", self._id, why)
+        self._relay.slow_client(self._sid)
+        close_connection(self._environ)
+
+    def close(self) -> None:
+        self.writing_since = None
+        _WRITERS.discard(self)
+
+
 class _Writers:
-    """The streamed responses being written, looked at twice a second for a write
-    that has waited past its ``write_timeout`` (the client stopped reading)."""
+    """The responses being written, looked at twice a second for a write that has
+    waited past its ``write_timeout`` (the client stopped reading)."""
 
     def __init__(self) -> None:
-        self._active: set[SseResponse] = set()
+        self._active: set[SseResponse | WholeBody] = set()
         self._lock = threading.Lock()
         self._watching = False
 
-    def add(self, response: SseResponse) -> None:
+    def add(self, response: SseResponse | WholeBody) -> None:
         with self._lock:
             self._active.add(response)
             start, self._watching = not self._watching, True
         if start:
             socketio.start_background_task(self._watch)
 
-    def discard(self, response: SseResponse) -> None:
+    def discard(self, response: SseResponse | WholeBody) -> None:
         with self._lock:
             self._active.discard(response)
 
