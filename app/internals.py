@@ -1,10 +1,10 @@
 """The one door to the libraries' insides.
 
 Everything this server takes from python-socketio, python-engineio, simple-websocket,
-eventlet's websocket, gevent, gunicorn or limits that they do not document as public
-is used here and nowhere else: a method with a leading underscore, an attribute set
-in a constructor, a class to subclass, a name-mangled method. The rest of the app
-calls the functions below.
+eventlet's websocket, gevent, gunicorn, limits or psycopg that they do not document as
+public is used here and nowhere else: a method with a leading underscore, an
+attribute set in a constructor, a class to subclass, a name-mangled method. The rest
+of the app calls the functions below.
 
 ``CHECKED`` is what these were read against, and ``PRIVATE`` each name relied on and
 what for; ``tests/test_internals.py`` fails on another installed version, or a name
@@ -41,6 +41,7 @@ CHECKED = {
     "gevent": "26.9.0",
     "gunicorn": "25.3.0",
     "limits": "5.8.0",
+    "psycopg": "3.3.9",
 }
 
 
@@ -811,5 +812,51 @@ PRIVATE += [
         "head from conn.sock on the thread that then runs the app",
         "watch_request_heads wraps it to bound that read in time",
         lambda: _gunicorn_request_names(),
+    ),
+]
+
+
+# -- psycopg -------------------------------------------------------------------------
+
+
+def cooperative_psycopg() -> None:
+    """Make psycopg wait for the server through ``select`` when gevent or eventlet
+    patched it, so that a query yields to the other greenlets.
+
+    psycopg does this by itself for gevent (when imported after the patching); under
+    eventlet it would wait in C and stop every greenlet of the process until the
+    server answers. Its ``waiting`` module is where it picks the wait function."""
+    from psycopg import waiting
+
+    if _select_patched() and waiting.wait is getattr(waiting, "wait_c", None):
+        waiting.wait = waiting.wait_select
+
+
+def _select_patched() -> bool:
+    if "gevent.monkey" in sys.modules:
+        from gevent import monkey
+
+        if monkey.is_module_patched("select"):
+            return True
+    if "eventlet" in sys.modules:
+        from eventlet import patcher
+
+        if patcher.is_monkey_patched("select"):
+            return True
+    return False
+
+
+def _psycopg_waiting() -> tuple[Any, Any]:
+    from psycopg import waiting
+
+    return waiting.wait, waiting.wait_select
+
+
+PRIVATE += [
+    Private(
+        "psycopg",
+        "psycopg.waiting.wait, wait_c and wait_select",
+        "cooperative_psycopg: a query yields to other greenlets under eventlet",
+        _psycopg_waiting,
     ),
 ]

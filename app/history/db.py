@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Engine, make_url
 
+from ..internals import cooperative_psycopg
 from .models import VERSION_TABLE
 from .records import HistoryError, InvalidInput, StoreError
 
@@ -135,34 +135,6 @@ def _postgresql_engine(url: URL, timeout: float, pool_size: int) -> Engine:
         # A connection the server closed (a restart) is replaced, not reported.
         pool_pre_ping=True,
     )
-
-
-def cooperative_psycopg() -> None:
-    """Make psycopg wait for the server through ``select`` when gevent or eventlet
-    patched it, so that a query yields to the other greenlets.
-
-    psycopg does this by itself for gevent (when imported after the patching); under
-    eventlet it would wait in C and stop every greenlet of the process until the
-    server answers. Its ``waiting`` module is where it picks the wait function.
-    """
-    from psycopg import waiting
-
-    if _select_patched() and waiting.wait is getattr(waiting, "wait_c", None):
-        waiting.wait = waiting.wait_select
-
-
-def _select_patched() -> bool:
-    if "gevent.monkey" in sys.modules:
-        from gevent import monkey
-
-        if monkey.is_module_patched("select"):
-            return True
-    if "eventlet" in sys.modules:
-        from eventlet import patcher
-
-        if patcher.is_monkey_patched("select"):
-            return True
-    return False
 
 
 def upgrade(engine: Engine) -> None:
