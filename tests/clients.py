@@ -1,6 +1,7 @@
 """Clients that misbehave on purpose, and what the tests read of the relay while
 they do: raw TCP and WebSocket connections from a loopback address of their own, a
-long-polling handshake, the relay's metrics and its worker process."""
+long-polling handshake, the relay's metrics and its worker process, and the
+server-sent events of an HTTP stream as they arrive."""
 
 import base64
 import contextlib
@@ -11,7 +12,10 @@ import re
 import socket
 import time
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
+
+import requests
 
 from bench.procstat import children
 
@@ -278,3 +282,22 @@ class RawSocketIO:
 def worker_pid(server: Relay) -> int:
     (worker,) = children(server.process.proc.pid)
     return worker
+
+
+def sse_events(response: requests.Response) -> Iterator[dict[str, Any]]:
+    """A streamed response's server-sent events as they come: ``{"id"?, "data"}``
+    each, ``data`` parsed unless ``[DONE]``."""
+    buffer = b""
+    for piece in response.iter_content(chunk_size=None):
+        buffer += piece
+        while b"\n\n" in buffer:
+            block, buffer = buffer.split(b"\n\n", 1)
+            event: dict[str, Any] = {}
+            for line in block.decode().splitlines():
+                name, _, value = line.partition(": ")
+                if name == "id":
+                    event["id"] = int(value)
+                elif name == "data":
+                    event["data"] = value if value == "[DONE]" else json.loads(value)
+            if "data" in event:
+                yield event

@@ -15,6 +15,7 @@ import requests
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
+from .clients import sse_events
 from .conftest import (
     SYSTEM_PROMPT,
     UPSTREAM_KEY,
@@ -230,25 +231,6 @@ def socket_chat(
     chunks = client.chunks(request_id)
     assert [c["seq"] for c in chunks] == list(range(done["chunks"]))
     return done, chunks
-
-
-def sse_events(response: requests.Response) -> Iterator[dict[str, Any]]:
-    """A streamed response's server-sent events as they come: ``{"id"?, "data"}``
-    each, ``data`` parsed unless ``[DONE]``."""
-    buffer = b""
-    for piece in response.iter_content(chunk_size=None):
-        buffer += piece
-        while b"\n\n" in buffer:
-            block, buffer = buffer.split(b"\n\n", 1)
-            event: dict[str, Any] = {}
-            for line in block.decode().splitlines():
-                name, _, value = line.partition(": ")
-                if name == "id":
-                    event["id"] = int(value)
-                elif name == "data":
-                    event["data"] = value if value == "[DONE]" else json.loads(value)
-            if "data" in event:
-                yield event
 
 
 def nothing_sent_upstream(upstream: Upstream, marker: str) -> bool:

@@ -3,7 +3,6 @@
 disconnect, OpenAI-shaped errors, and one set of limits shared with Socket.IO."""
 
 import asyncio
-import json
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +12,7 @@ import openai
 import pytest
 import requests
 
+from .clients import sse_events
 from .conftest import (
     DEFAULT_ASYNC_MODE,
     Recorder,
@@ -28,25 +28,6 @@ def client_for(relay: Relay, **options: Any) -> openai.OpenAI:
     return openai.OpenAI(
         base_url=relay.url + "/v1", api_key=options.pop("api_key", "unused"), **options
     )
-
-
-def sse_events(response: requests.Response) -> Iterator[dict[str, Any]]:
-    """The server-sent events of a streamed response, as ``iter_content`` hands
-    over its bytes: ``{"id"?, "data"}`` each, ``data`` parsed unless ``[DONE]``."""
-    buffer = b""
-    for piece in response.iter_content(chunk_size=None):
-        buffer += piece
-        while b"\n\n" in buffer:
-            block, buffer = buffer.split(b"\n\n", 1)
-            event: dict[str, Any] = {}
-            for line in block.decode().splitlines():
-                name, _, value = line.partition(": ")
-                if name == "id":
-                    event["id"] = int(value)
-                elif name == "data":
-                    event["data"] = value if value == "[DONE]" else json.loads(value)
-            if event:
-                yield event
 
 
 def post(relay: Relay, body: dict[str, Any], **kwargs: Any) -> requests.Response:
