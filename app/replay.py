@@ -8,18 +8,27 @@ them too, and hands the stream back once it has caught up.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 from .delivery import Connection, Drain, send_chunks
 from .providers.base import Piece
 from .streams import Event, Stream
 
-if TYPE_CHECKING:
-    from .relay import Relay
-
 # How long a replay waits at most for its client to drain before it looks again
 # whether the client is still there.
 _REPLAY_WAIT_SECONDS = 1.0
+
+
+class Node(Protocol):
+    """What a replay needs of the relay that runs it."""
+
+    # Seconds an ended stream is kept for a resume.
+    resume_grace: float
+    # Bytes of chunks sent at a time, each once the client has drained.
+    replay_part: int
+    # This node's connections by session id.
+    connections: Mapping[str, Connection]
 
 
 class Paced(Protocol):
@@ -44,7 +53,7 @@ class Replay:
 
     def __init__(
         self,
-        relay: Relay,
+        relay: Node,
         stream: Stream,
         sid: str,
         connection: Connection,
@@ -103,7 +112,7 @@ class KeptReplay:
 
     def __init__(
         self,
-        relay: Relay,
+        relay: Node,
         connection: Connection,
         request_id: str,
         pieces: list[Piece],
