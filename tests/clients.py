@@ -292,12 +292,19 @@ def sse_events(response: requests.Response) -> Iterator[dict[str, Any]]:
         buffer += piece
         while b"\n\n" in buffer:
             block, buffer = buffer.split(b"\n\n", 1)
-            event: dict[str, Any] = {}
-            for line in block.decode().splitlines():
-                name, _, value = line.partition(": ")
-                if name == "id":
-                    event["id"] = int(value)
-                elif name == "data":
-                    event["data"] = value if value == "[DONE]" else json.loads(value)
-            if "data" in event:
+            event = sse_event(block)
+            if event is not None:
                 yield event
+
+
+def sse_event(block: bytes) -> dict[str, Any] | None:
+    """One server-sent event (its lines, without the blank line that ends it):
+    ``{"id"?, "data"}``, ``data`` parsed unless ``[DONE]``; None for a comment."""
+    event: dict[str, Any] = {}
+    for line in block.decode().splitlines():
+        name, _, value = line.partition(": ")
+        if name == "id":
+            event["id"] = int(value)
+        elif name == "data":
+            event["data"] = value if value == "[DONE]" else json.loads(value)
+    return event if "data" in event else None

@@ -24,6 +24,7 @@ from .clients import (
     metric,
     refusals,
     sio_from,
+    sse_event,
     worker_pid,
 )
 from .conftest import Relay, free_port, relay_env, upstream_text, wait_until
@@ -303,18 +304,9 @@ def dechunked(data: bytes) -> bytes:
 
 
 def sse_of(data: bytes) -> list[dict[str, Any]]:
-    events = []
-    for block in data.split(b"\n\n")[:-1]:
-        event: dict[str, Any] = {}
-        for line in block.decode().splitlines():
-            name, _, value = line.partition(": ")
-            if name == "id":
-                event["id"] = int(value)
-            elif name == "data":
-                event["data"] = value if value == "[DONE]" else json.loads(value)
-        if "data" in event:
-            events.append(event)
-    return events
+    """The events that came whole (what follows the last blank line was cut)."""
+    events = (sse_event(block) for block in data.split(b"\n\n")[:-1])
+    return [event for event in events if event is not None]
 
 
 def text_of(events: list[dict[str, Any]]) -> str:
