@@ -26,14 +26,20 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     from . import events, tokens  # noqa: F401  (registers the Socket.IO handlers)
     from .admission import Admission
+    from .conversations import Recorder
+    from .conversations_api import bp as conversations_api
     from .delivery import WebSocketWriters
     from .http_limits import HttpLimits
     from .inbound import Inbound
     from .internals import TextPacket, drop_malformed, install_websockets
+    from .moderation import make_moderation
     from .openai_api import bp as openai_api
     from .origins import Origins
+    from .owners import Owners
     from .providers import make_provider
     from .relay import Relay
+    from .responses.api import bp as responses_api
+    from .stages import Stage
     from .web import bp
 
     queue = app.config["SOCKETIO_MESSAGE_QUEUE"]
@@ -50,9 +56,23 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         cluster = Cluster(store, socketio.start_background_task)
 
     provider = make_provider(app.config)
-    app.extensions["relay"] = Relay(socketio, provider, app.config, cluster)
+    app.extensions["owners"] = Owners(app.config)
+    # The capabilities the core calls at its named points (app/stages.py), in order.
+    stages: list[Stage] = []
+    # Moderation first: a flagged message goes neither upstream nor to the store.
+    moderation = make_moderation(app.config)
+    if moderation is not None:
+        stages.append(moderation)
+    history = app.extensions["history"] = _open_history(app.config)
+    if history is not None:
+        stages.append(Recorder(history))
+    app.extensions["relay"] = Relay(socketio, provider, app.config, cluster, stages)
+    if moderation is not None:
+        moderation.bind(app.extensions["relay"])
     app.register_blueprint(bp)
     app.register_blueprint(openai_api)
+    app.register_blueprint(responses_api)
+    app.register_blueprint(conversations_api)
     options: dict[str, Any] = {}
     if queue:
         # python-socketio's Redis manager speaks JSON, never pickle.
@@ -90,6 +110,19 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         cluster.start()
     tokens.warm_up()
     return app
+
+
+def _open_history(config: Mapping[str, Any]) -> Any:
+    """The conversation store, opened (and its schema brought up to date) at start;
+    None when ``HISTORY`` is off."""
+    if not config["HISTORY"]:
+        return None
+    from .blocking import Offload
+    from .conversations import History
+    from .history import Store
+
+    store = Store.open(config["DATABASE_URL"])
+    return History(store, Offload(config["ASYNC_MODE"]), socketio)
 
 
 def _without_websocket_compression(wsgi_app: Callable) -> Callable:

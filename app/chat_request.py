@@ -46,6 +46,8 @@ class ChatRequest:
     # Whether the generation runs on when its client disconnects, for a resume
     # (RESUME_GRACE_SECONDS); otherwise a disconnect stops it, as OpenAI's API does.
     survives_disconnect: bool = True
+    # The conversation turn it adds, when the server keeps it (app/conversations.py).
+    turn: Any = None
 
     @property
     def max_tokens(self) -> int | None:

@@ -8,7 +8,10 @@ never touch Redis on their way out; only a client that resumed on another node g
 through the Socket.IO message queue. A node that receives ``resume`` or ``stop`` for a
 stream it does not hold forwards it to the owner over the owner's control channel, or,
 when the owner is dead, answers from the mirror and ends the request with a retryable
-``interrupted`` error. Everything on the wire and in Redis is JSON.
+``interrupted`` error. Chunks taken back by moderation (``Relay.retract``) are cut
+from the mirror before the end is written, at the latest in the flush that writes it:
+a node that sees the end replays none of them. Everything on the wire and in Redis is
+JSON.
 """
 
 import hashlib
@@ -71,6 +74,8 @@ class Mirror:
     terminal: Event | None
     model: str = ""
     created: int = 0
+    # The seq from which its chunks were taken back (moderation), when they were.
+    retracted: int | None = None
 
     @classmethod
     def parse(cls, meta: dict[str, str]) -> "Mirror":
@@ -83,6 +88,7 @@ class Mirror:
             terminal=(terminal[0], terminal[1]) if terminal else None,
             model=meta.get("model", ""),
             created=int(meta.get("created") or 0),
+            retracted=int(meta["retracted"]) if meta.get("retracted") else None,
         )
 
 
@@ -114,6 +120,9 @@ class ClusterStreamStore(MemoryStreamStore):
         # Streams changed since the last flush, and how many chunks Redis has of each.
         self._dirty: dict[str, Stream] = {}
         self._mirrored: dict[str, int] = {}
+        # Streams whose chunks from a seq on were taken back: Redis's copy is cut
+        # there at the next flush, before anything else of theirs is written.
+        self._cut: dict[str, int] = {}
         self._forget: list[tuple[str, str | None, str]] = []
         self._dirty_lock = threading.Lock()
 
@@ -142,6 +151,7 @@ class ClusterStreamStore(MemoryStreamStore):
             "terminal": json.dumps(stream.terminal) if stream.terminal else "",
             "model": stream.request.model,
             "created": str(stream.created),
+            "retracted": "" if stream.retracted is None else str(stream.retracted),
         }
 
     def attach(self, stream: Stream, sid: str) -> None:
@@ -168,6 +178,13 @@ class ClusterStreamStore(MemoryStreamStore):
         with self._dirty_lock:
             self._dirty.pop(stream.token, None)
             self._mirrored.pop(stream.token, None)
+            self._cut.pop(stream.token, None)
+
+    def retracted(self, stream: Stream, from_seq: int) -> None:
+        with self._dirty_lock:
+            cut = self._cut.get(stream.token)
+            self._cut[stream.token] = from_seq if cut is None else min(cut, from_seq)
+            self._dirty[stream.token] = stream
 
     def touched(self, stream: Stream) -> None:
         with self._dirty_lock:
@@ -180,6 +197,7 @@ class ClusterStreamStore(MemoryStreamStore):
         with self._dirty_lock:
             dirty, self._dirty = self._dirty, {}
             forget, self._forget = self._forget, []
+            cuts, self._cut = self._cut, {}
         if not dirty and not forget:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -188,6 +206,15 @@ class ClusterStreamStore(MemoryStreamStore):
                 pipe.hdel(_sid_key(sid), request_id)
         for token, stream in dirty.items():
             done = self._mirrored.get(token)
+            cut = cuts.get(token)
+            if cut is not None and done is not None and cut < done:
+                # Taken back: what Redis holds from that seq on goes first, so that
+                # a node that sees the end also sees the chunks without them.
+                if cut == 0:
+                    pipe.delete(_key(token) + ":c")
+                else:
+                    pipe.ltrim(_key(token) + ":c", 0, cut - 1)
+                done = cut
             with stream.lock:
                 parts = stream.parts[done or 0 :]
                 count = len(stream.parts)
@@ -220,6 +247,7 @@ class ClusterStreamStore(MemoryStreamStore):
             with self._dirty_lock:
                 for token, stream in dirty.items():
                     self._dirty.setdefault(token, stream)
+                    # Written whole next time: a cut is in that too.
                     self._mirrored.pop(token, None)
                 self._forget.extend(forget)
 

@@ -78,6 +78,28 @@ class Config:
     # Conversation history (app/history): SQLite, a relative path being under the
     # repository, or postgresql://… for several nodes.
     DATABASE_URL = os.environ.get("DATABASE_URL") or "sqlite:///data/chatstream.db"
+    # Keep conversations (the Socket.IO chat's and the page's); false: stateless.
+    HISTORY = _bool("HISTORY", True)
+    # Signs an anonymous browser's owner cookie (app/owners.py): AUTH_SECRET when
+    # empty, else a secret kept in OWNER_SECRET_FILE. Several nodes set one.
+    OWNER_SECRET = os.environ.get("OWNER_SECRET", "")
+    OWNER_SECRET_FILE = os.environ.get("OWNER_SECRET_FILE") or "data/owner_secret"
+
+    # Moderation (app/moderation): off, keywords, openai or module:function.
+    MODERATION = os.environ.get("MODERATION") or "off"
+    MODERATION_KEYWORDS = os.environ.get("MODERATION_KEYWORDS", "")
+    MODERATION_BASE_URL = os.environ.get("MODERATION_BASE_URL", "")
+    MODERATION_API_KEY = os.environ.get("MODERATION_API_KEY", "")
+    MODERATION_MODEL = os.environ.get("MODERATION_MODEL") or "omni-moderation-latest"
+    # hold: nothing goes out before its window passed; stream: out at once, checked
+    # just behind and taken back (Socket.IO only; HTTP always holds).
+    MODERATION_MODE = os.environ.get("MODERATION_MODE") or "hold"
+    MODERATION_WINDOW_CHARS = _int("MODERATION_WINDOW_CHARS", 200)
+    MODERATION_OVERLAP_CHARS = _int("MODERATION_OVERLAP_CHARS", 50)
+    MODERATION_REASONING = _bool("MODERATION_REASONING", True)
+    MODERATION_ON_ERROR = os.environ.get("MODERATION_ON_ERROR") or "block"
+    MODERATION_TIMEOUT = _float("MODERATION_TIMEOUT", 2)
+    MODERATION_CONCURRENCY = _int("MODERATION_CONCURRENCY", 32)
 
     # Who may connect
     AUTH_TOKENS = _list("AUTH_TOKENS")

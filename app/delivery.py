@@ -43,10 +43,12 @@ from .providers.base import ANSWER, TOOL_CALL, Piece
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
-# Session ids of HTTP clients (``openai_api.py``) start with this; Socket.IO's
-# never hold a colon. The node that holds the connection follows it.
+# Session ids of HTTP clients start with their transport's prefix (``openai_api.py``,
+# ``responses/``); Socket.IO's never hold a colon. The node that holds the
+# connection follows it.
 HTTP_SID_PREFIX = "http:"
-TRANSPORTS = ("socketio", "http")
+RESPONSES_SID_PREFIX = "responses:"
+TRANSPORTS = ("socketio", "http", "responses")
 # How often ``WebSocketOut.drained`` looks whether Engine.IO's queue has emptied.
 _QUEUE_LOOK_SECONDS = 0.01
 
@@ -57,8 +59,11 @@ Drain = Literal["drained", "waiting", "closed"]
 
 
 def transport_of(sid: str) -> str:
-    """The transport a connection id belongs to: ``socketio`` or ``http``."""
-    return "http" if sid.startswith(HTTP_SID_PREFIX) else "socketio"
+    """The transport a connection id belongs to: ``socketio``, ``http`` (chat
+    completions) or ``responses``."""
+    if sid.startswith(HTTP_SID_PREFIX):
+        return "http"
+    return "responses" if sid.startswith(RESPONSES_SID_PREFIX) else "socketio"
 
 
 class Connection(Protocol):

@@ -43,6 +43,13 @@ RETRYABLE = {
     # HTTP request bodies (app/http_limits.py).
     "body_too_large": False,
     "request_timeout": True,
+    # The conversation store (app/conversations.py) failed: unreachable, full, busy.
+    "history_unavailable": True,
+    # Moderation (app/moderation): a message that did not pass the content filter,
+    # and one that could not be checked (the moderator failed, MODERATION_ON_ERROR
+    # block).
+    "content_filtered": False,
+    "moderation_unavailable": True,
 }
 
 FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "cancelled")

@@ -5,14 +5,17 @@ import logging
 from typing import Any, NoReturn
 
 from flask import current_app, request
-from flask_socketio import ConnectionRefusedError, emit
+from flask_socketio import ConnectionRefusedError, emit, join_room
 
 from . import socketio
 from .admission import Admission
 from .auth import Identity, Unauthorized, authenticate
+from .chat_request import ChatRequest
+from .conversations import History
 from .errors import RETRYABLE, ProtocolError
 from .internals import is_connected
-from .protocol import parse_chat, parse_resume, parse_stop
+from .owners import Owners, room
+from .protocol import Keeping, parse_chat, parse_resume, parse_stop
 from .relay import Relay
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,10 @@ def _relay() -> Relay:
 
 def _admission() -> Admission:
     return current_app.extensions["admission"]
+
+
+def _history() -> History | None:
+    return current_app.extensions["history"]
 
 
 def _reject(exc: ProtocolError) -> dict[str, Any]:
@@ -40,9 +47,11 @@ def _reject(exc: ProtocolError) -> dict[str, Any]:
     }
 
 
-# The connection's ``Identity``, kept in its WSGI environ: Flask-SocketIO hands that
-# same dict to each of the connection's events, and python-socketio drops it with it.
+# The connection's ``Identity`` and owner, kept in its WSGI environ: Flask-SocketIO
+# hands that same dict to each of the connection's events, and python-socketio drops
+# it with it.
 _IDENTITY = "chatstream.identity"
+_OWNER = "chatstream.owner"
 
 
 @socketio.on("connect")
@@ -76,6 +85,12 @@ def _open(auth: Any) -> None:
             f"{who} already holds {limit} connections; close one first",
         )
     request.environ[_IDENTITY] = identity
+    owners: Owners = current_app.extensions["owners"]
+    owner = owners.of(identity.name, request.environ)
+    if owner is not None:
+        request.environ[_OWNER] = owner
+        # Where the owner's conversations are announced, on every node.
+        join_room(room(owner))
     _relay().connect(request.sid, identity.name)
 
 
@@ -113,17 +128,47 @@ def chat(data: Any = None, *_: Any) -> dict[str, Any]:
     The client that sent it receives the ack (with the resume token), then ``chunk``
     events and one ``done`` or ``error``."""
     try:
-        chat_request = parse_chat(data, _relay().limits)
+        chat_request, keeping = parse_chat(data, _relay().limits)
         _check_token(chat_request.id)
+        chat_request = _kept(chat_request, keeping)
         stream = _relay().admit(request.sid, chat_request)
     except ProtocolError as exc:
         return _reject(exc)
-    return {
+    ack = {
         "ok": True,
         "id": chat_request.id,
         "model": chat_request.model,
         "resume_token": stream.token,
     }
+    if chat_request.turn is not None:
+        ack.update(chat_request.turn.ack())
+    return ack
+
+
+def _kept(chat_request: ChatRequest, keeping: Keeping) -> ChatRequest:
+    """The request with its conversation's history, when the server keeps it: the
+    store is on, the chat did not opt out, and the connection has an owner."""
+    history = _history()
+    owner = request.environ.get(_OWNER)
+    if not keeping.store or history is None or owner is None:
+        if keeping.conversation_id is not None:
+            raise ProtocolError(
+                "not_found",
+                "conversation_id: no such conversation (this connection keeps none)",
+                chat_request.id,
+            )
+        if not chat_request.messages:
+            raise ProtocolError(
+                "invalid_request", "messages: field required", chat_request.id
+            )
+        return chat_request
+    return history.prepare(
+        owner,
+        chat_request,
+        _relay().limits,
+        keeping.conversation_id,
+        keeping.parent_id,
+    )
 
 
 @socketio.on("stop")

@@ -66,6 +66,7 @@ class Node(Protocol):
         pieces: list[Piece],
         first_seq: int,
         terminal: Event,
+        retracted: int | None = None,
     ) -> None: ...
 
 
@@ -128,6 +129,7 @@ class Forwarding:
             chunks,
             after + 1,
             mirror.terminal or ("error", interrupted(request_id)),
+            mirror.retracted,
         )
         self.relay.metrics.resumes.inc()
         return len(chunks)

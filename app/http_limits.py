@@ -13,7 +13,8 @@
   session holds the place.)
 
 Each refusal then closes the connection: the rest of the body is never read. Under
-``/v1`` the body is OpenAI's error object; elsewhere ``{code, message, retryable}``.
+``/v1`` and ``/api`` the body is OpenAI's error object; elsewhere ``{code, message,
+retryable}``.
 A request without a body passes through untouched.
 
 Each refusal is counted in ``chat_connections_refused_total`` under its code.
@@ -40,7 +41,7 @@ from . import internals
 from .admission import Admission
 from .auth import client_address
 from .errors import RETRYABLE, ProtocolError
-from .openai_format import error_body
+from .openai_format import ERROR_OBJECT_PATHS, error_body
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ class BoundedBody:
 
 
 def _payload(refused: BodyRefused, path: str) -> bytes:
-    if path.startswith("/v1/"):
+    if path.startswith(ERROR_OBJECT_PATHS):
         return json.dumps(error_body(refused.code, refused.message)).encode()
     payload = {"code": refused.code, "message": refused.message}
     return json.dumps({**payload, "retryable": RETRYABLE[refused.code]}).encode()

@@ -25,7 +25,7 @@ class Metrics:
         )
         self.requests = Counter(
             "chat_requests",
-            "Chats accepted, by transport (socketio, http)",
+            "Chats accepted, by transport (socketio, http, responses)",
             ["transport"],
             registry=self.registry,
         )

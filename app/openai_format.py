@@ -46,10 +46,13 @@ STATUS = {
     "interrupted": (503, "api_error"),
     "upstream_unavailable": (503, "api_error"),
     "upstream_timeout": (504, "api_error"),
+    "history_unavailable": (503, "api_error"),
     # Every route's, under /v1 in this shape (app/http_limits.py).
     "request_timeout": (408, "invalid_request_error"),
     "body_too_large": (413, "invalid_request_error"),
     "too_many_connections": (429, "rate_limit_error"),
+    "content_filtered": (400, "invalid_request_error"),
+    "moderation_unavailable": (503, "api_error"),
 }
 
 
@@ -263,6 +266,11 @@ def usage(done: dict[str, Any]) -> dict[str, Any]:
         "prompt_tokens_details": {"cached_tokens": counted.get("cached_tokens", 0)},
         "completion_tokens_details": {"reasoning_tokens": counted["reasoning_tokens"]},
     }
+
+
+# Where every error, a refusal before the route included, takes ``error_body``'s
+# shape: OpenAI's API, and the conversations' (app/conversations_api.py).
+ERROR_OBJECT_PATHS = ("/v1/", "/api/")
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:

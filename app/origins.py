@@ -33,7 +33,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .openai_format import error_body
+from .openai_format import ERROR_OBJECT_PATHS, error_body
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class Origins:
             f"Host: {shown!r} is not a name this server answers to; "
             "its operator can add it to ALLOWED_HOSTS"
         )
-        if environ.get("PATH_INFO", "").startswith("/v1/"):
+        if environ.get("PATH_INFO", "").startswith(ERROR_OBJECT_PATHS):
             payload: dict[str, Any] = error_body(CODE, message)
         else:
             payload = {"code": CODE, "message": message, "retryable": False}

@@ -3,6 +3,7 @@
 The README's protocol table is the human-readable form of this module.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -14,6 +15,7 @@ from .chat_request import (
     check_model,
     check_params,
 )
+from .conversations import LEAF
 from .errors import ProtocolError, text_error
 
 
@@ -27,6 +29,19 @@ class _ChatPayload(BaseModel):
     message: str | None = None
     model: str | None = None
     options: dict[str, Any] | None = None
+    conversation_id: str | None = Field(default=None, min_length=1, max_length=64)
+    # Left out: the conversation's current leaf (``LEAF``); null: a new root.
+    parent_id: str | None = Field(default=LEAF, min_length=1, max_length=64)
+    store: bool = True
+
+
+@dataclass(frozen=True)
+class Keeping:
+    """Where a chat goes in its owner's conversations (app/conversations.py)."""
+
+    store: bool
+    conversation_id: str | None
+    parent_id: str | None
 
 
 class _StopPayload(BaseModel):
@@ -77,8 +92,11 @@ def _check_text(data: Any, request_id: str | None) -> None:
         raise ProtocolError("invalid_request", message, request_id)
 
 
-def parse_chat(data: Any, limits: Limits) -> ChatRequest:
-    """Validate a ``chat`` payload or raise ``ProtocolError`` naming the field."""
+def parse_chat(data: Any, limits: Limits) -> tuple[ChatRequest, Keeping]:
+    """Validate a ``chat`` payload or raise ``ProtocolError`` naming the field.
+
+    With ``conversation_id`` the messages are only the new ones, and none at all
+    answers ``parent_id`` again (a regenerated answer)."""
     request_id = _readable_id(data)
     if not isinstance(data, dict):
         raise ProtocolError("invalid_request", "payload: must be an object")
@@ -88,6 +106,18 @@ def parse_chat(data: Any, limits: Limits) -> ChatRequest:
     except ValidationError as exc:
         raise _invalid(exc, request_id) from None
 
+    keeping = Keeping(payload.store, payload.conversation_id, payload.parent_id)
+    if not payload.store and (
+        payload.conversation_id is not None or payload.parent_id != LEAF
+    ):
+        field = "conversation_id" if payload.conversation_id else "parent_id"
+        raise ProtocolError(
+            "invalid_request", f"{field}: not with store: false", request_id
+        )
+    if payload.conversation_id is None and payload.parent_id != LEAF:
+        raise ProtocolError(
+            "invalid_request", "parent_id: only with conversation_id", request_id
+        )
     if payload.messages is not None and payload.message is not None:
         raise ProtocolError(
             "invalid_request", "message: send either messages or message", request_id
@@ -96,14 +126,20 @@ def parse_chat(data: Any, limits: Limits) -> ChatRequest:
         raw = [{"role": "user", "content": payload.message}]
     elif payload.messages is not None:
         raw = payload.messages
+    elif payload.conversation_id is not None and payload.parent_id not in (
+        LEAF,
+        None,
+    ):
+        raw = None  # answer parent_id again
     else:
         raise ProtocolError("invalid_request", "messages: field required", request_id)
-    return ChatRequest(
+    chat_request = ChatRequest(
         id=payload.id,
-        messages=check_messages(raw, limits, request_id),
+        messages=check_messages(raw, limits, request_id) if raw is not None else [],
         model=check_model(payload.model, limits, request_id),
         params=check_params(payload.options or {}, limits, "options.", request_id),
     )
+    return chat_request, keeping
 
 
 def parse_stop(data: Any) -> str:

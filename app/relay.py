@@ -21,7 +21,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flask_socketio import SocketIO
@@ -50,7 +50,8 @@ from .pieces import joined
 from .providers import Provider, Result, UpstreamError
 from .providers.base import ANSWER, REFUSAL, Batch, Piece
 from .replay import KeptReplay, Paced, Replay, drained
-from .streams import Event, MemoryStreamStore, Stream
+from .stages import Halt, Stage
+from .streams import Event, MemoryStreamStore, Stream, end_events
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,12 @@ class Relay:
         provider: Provider,
         config: Mapping[str, Any],
         cluster: Cluster | None = None,
+        stages: Sequence[Stage] = (),
     ):
         self.socketio = socketio
         self.provider = provider
+        # Called at the named points of every request (app/stages.py), in order.
+        self.stages = tuple(stages)
         self.system_prompt: str = config["SYSTEM_PROMPT"]
         self.max_per_connection: int = config["MAX_CONCURRENT_PER_CONNECTION"]
         self.max_per_identity: int = config["MAX_STREAMS_PER_IDENTITY"]
@@ -243,6 +247,9 @@ class Relay:
             raise resume_denied(request_id)
         with stream.lock:
             previous = stream.sid
+            if after > len(stream.parts) - 1 and stream.retracted is not None:
+                # Chunks it held were taken back: it gets the retraction and the end.
+                after = len(stream.parts) - 1
             if after > len(stream.parts) - 1:
                 raise ProtocolError(
                     "invalid_request",
@@ -338,10 +345,13 @@ class Relay:
         pieces: list[Piece],
         first_seq: int,
         terminal: Event,
+        retracted: int | None = None,
     ) -> None:
         """Send chunks kept elsewhere (a dead node's mirror), from ``first_seq``,
-        then ``terminal``, at the client's pace."""
-        replay = KeptReplay(self, connection, request_id, pieces, first_seq, terminal)
+        then the end (``retract`` when chunks from seq ``retracted`` on were taken
+        back, and ``terminal``), at the client's pace."""
+        ending = end_events(request_id, terminal, retracted)
+        replay = KeptReplay(self, connection, request_id, pieces, first_seq, ending)
         if replay.step("drained", waited=False):
             self.socketio.start_background_task(self._paced, connection, replay)
 
@@ -369,13 +379,26 @@ class Relay:
     # -- the generation ----------------------------------------------------------------
 
     def _run(self, stream: Stream) -> None:
+        try:
+            for stage in self.stages:
+                stage.starting(stream)
+        except ProtocolError as exc:
+            self.fail(stream, exc.code, exc.message, exc.retry_after)
+            return
+        except Exception:
+            log.exception("starting %s failed", stream.id)
+            self.fail(stream, "internal", "the server failed while answering")
+            return
         attempt = 0
         while True:
             try:
                 self._generate(stream)
                 return
+            except Halt as halt:
+                self.finish(stream, halt.finish_reason)
+                return
             except UpstreamError as exc:
-                if stream.ended:
+                if stream.ended or stream.closing:
                     return  # aborted: a stop or a departed client cut the read
                 if exc.code in _OUTAGE_CODES:
                     self.breaker.failure()
@@ -388,6 +411,8 @@ class Relay:
                     attempt += 1
                     self.socketio.sleep(_backoff(attempt))
                     if not stream.ended:
+                        for stage in self.stages:
+                            stage.retrying(stream)
                         continue
                 self.fail(stream, exc.code, exc.message, exc.retry_after)
                 return
@@ -405,14 +430,23 @@ class Relay:
                 except StopIteration as end:
                     result: Result = end.value
                     self.breaker.success()
+                    for stage in self.stages:
+                        held = stage.draining(stream)
+                        if held:
+                            self._send_batch(stream, held)
                     self.finish(stream, result.finish_reason, result)
                     return
+                read = bool(batch)
+                for stage in self.stages:
+                    batch = stage.passing(stream, batch)
                 if batch:
                     self._send_batch(stream, batch)
-                    # One event per window: what arrives meanwhile waits upstream,
-                    # in the socket, and comes in the next read.
-                    if self.window and not stream.ended:
-                        self.pacer.wait_until(stream.last_frame_at + self.window)
+                # One event per window: what arrives meanwhile waits upstream, in the
+                # socket, and comes in the next read. A read a stage holds back
+                # (moderation) waits too: one read per window all the same.
+                if read and self.window and not stream.ended:
+                    since = stream.last_frame_at if batch else time.monotonic()
+                    self.pacer.wait_until(since + self.window)
         finally:
             # Closing the generator closes the upstream HTTP stream.
             generation.close()
@@ -425,7 +459,7 @@ class Relay:
             if merged:
                 self.metrics.coalesced.inc(merged)
         with stream.lock:
-            if stream.ended:
+            if stream.ended or stream.closing:
                 return
             now = time.monotonic()
             if stream.first_token_at is None:
@@ -445,9 +479,14 @@ class Relay:
             self.store.touched(stream)
 
     def finish(
-        self, stream: Stream, finish_reason: str, result: Result | None = None
+        self,
+        stream: Stream,
+        finish_reason: str,
+        result: Result | None = None,
+        retract_from: int | None = None,
     ) -> None:
-        """End ``stream`` with ``done`` (unless it ended already)."""
+        """End ``stream`` with ``done`` (unless it ended already); with
+        ``retract_from``, its chunks from that seq on are taken back first."""
         payload = {
             "id": stream.id,
             "finish_reason": finish_reason,
@@ -455,13 +494,19 @@ class Relay:
             "timing": None,
             "model": result.model if result else stream.request.model,
         }
-        if self._end(stream, "done", payload, result):
+        if self._end(stream, "done", payload, result, retract_from):
             log.info(
                 "request %s finished: %s, %d tokens",
                 stream.id,
                 finish_reason,
                 payload["usage"]["completion_tokens"],
             )
+
+    def retract(self, stream: Stream, from_seq: int) -> None:
+        """End ``stream`` now with ``done`` (``content_filter``), its chunks from
+        ``from_seq`` on taken back: from the resume buffer, here and in the shared
+        store, and from its client, which gets ``retract`` before the ``done``."""
+        self.finish(stream, "content_filter", retract_from=from_seq)
 
     def fail(
         self,
@@ -481,11 +526,20 @@ class Relay:
         event: str,
         payload: dict[str, Any],
         result: Result | None = None,
+        retract_from: int | None = None,
     ) -> bool:
-        """Send the terminal event unless the stream has ended already."""
+        """Send the terminal event unless the stream has ended already.
+
+        The first caller closes the stream (no chunk follows), the stages see the
+        end (``Stage.ending``: the store writes the answer), then the event goes."""
         with stream.lock:
-            if stream.ended:
+            if stream.ended or stream.closing:
                 return False
+            stream.closing = True
+            if retract_from is not None and retract_from < len(stream.parts):
+                del stream.parts[retract_from:]
+                stream.retracted = retract_from
+                self.store.retracted(stream, retract_from)
             if event == "done":
                 now = time.monotonic()
                 # So a client whose library may hand it events out of order knows
@@ -502,6 +556,14 @@ class Relay:
                     "answer_ttft_ms": _ms(stream.first_answer_at, stream.started),
                     "total_ms": _ms(now, stream.started),
                 }
+        # The upstream stops now, whatever the stages take.
+        stream.abort.fire()
+        for stage in self.stages:
+            try:
+                event, payload = stage.ending(stream, event, payload)
+            except Exception:
+                log.exception("ending %s failed", stream.id)
+        with stream.lock:
             stream.terminal = (event, payload)
             if event == "done":
                 self.metrics.finished.labels(payload["finish_reason"]).inc()
@@ -510,9 +572,11 @@ class Relay:
             # Kept for the grace window, for a client that misses the end to resume.
             stream.expires_at = time.monotonic() + self.resume_grace
             if stream.sid is not None and stream.replaying is None:
-                self.connection(stream.sid).send(event, payload)
+                connection = self.connection(stream.sid)
+                ending = end_events(stream.id, (event, payload), stream.retracted)
+                for name, data in ending:
+                    connection.send(name, data)
         self.store.ended(stream)
-        stream.abort.fire()
         self._ensure_reaper()
         return True
 
@@ -542,13 +606,15 @@ class Relay:
             with stream.lock:
                 if stream.expires_at is None or stream.expires_at > now:
                     continue  # resumed meanwhile
-                if not stream.ended:
-                    stream.abandoned = True
-                    stream.abort.fire()
-                    self.metrics.abandoned.inc()
-                    log.info(
-                        "request %s abandoned: its client did not resume", stream.id
-                    )
+                running = not stream.ended and not stream.closing
+            if running:
+                # Ended as by a stop, to nobody: the stages see its end (the store
+                # keeps the partial answer).
+                self.finish(stream, "cancelled")
+                self.metrics.abandoned.inc()
+                log.info("request %s abandoned: its client did not resume", stream.id)
+            with stream.lock:
+                stream.abandoned = True
                 self.store.drop(stream)
 
 

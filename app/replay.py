@@ -13,7 +13,7 @@ from typing import Protocol
 
 from .delivery import Connection, Drain, send_chunks
 from .providers.base import Piece
-from .streams import Event, Stream
+from .streams import Event, Stream, end_events
 
 # How long a replay waits at most for its client to drain before it looks again
 # whether the client is still there.
@@ -95,7 +95,8 @@ class Replay:
             # Caught up: the generation sends from here.
             stream.replaying = None
             if stream.terminal is not None:
-                self.connection.send(*stream.terminal)
+                for event in end_events(stream.id, stream.terminal, stream.retracted):
+                    self.connection.send(*event)
                 stream.expires_at = time.monotonic() + self.relay.resume_grace
             return False
 
@@ -108,7 +109,7 @@ class Replay:
 
 
 class KeptReplay:
-    """A replay of chunks kept elsewhere, then their stream's end."""
+    """A replay of chunks kept elsewhere, then their stream's end (its events)."""
 
     def __init__(
         self,
@@ -117,14 +118,14 @@ class KeptReplay:
         request_id: str,
         pieces: list[Piece],
         first_seq: int,
-        terminal: Event,
+        ending: list[Event],
     ):
         self.relay = relay
         self.connection = connection
         self.request_id = request_id
         self.pieces = pieces
         self.first_seq = first_seq
-        self.terminal = terminal
+        self.ending = ending
         self.done = 0
 
     def step(self, state: Drain, waited: bool) -> bool:
@@ -140,7 +141,8 @@ class KeptReplay:
         )
         if self.done < len(self.pieces):
             return True
-        self.connection.send(*self.terminal)
+        for event in self.ending:
+            self.connection.send(*event)
         return False
 
 

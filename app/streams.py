@@ -39,6 +39,11 @@ class Stream:
         # One (kind, text) per chunk event sent: ``seq`` indexes it.
         self.parts: list[Piece] = []
         self.terminal: Event | None = None
+        # Set by the first end: no chunk is kept or sent after it.
+        self.closing = False
+        # The seq from which its chunks were taken back (moderation), when they were:
+        # its end is then ``retract`` and the terminal event (``end_events``).
+        self.retracted: int | None = None
         # Set when nobody will read the answer: the generation stops, nothing is sent.
         self.abandoned = False
         # Fired when the request ends other than by its generation finishing.
@@ -87,6 +92,14 @@ class Stream:
     def tool_calls(self) -> list[dict[str, Any]]:
         """The tool calls made so far, whole, in OpenAI's message shape."""
         return assemble(part[1] for part in self.parts if part[0] == TOOL_CALL)
+
+
+def end_events(request_id: str, terminal: Event, retracted: int | None) -> list[Event]:
+    """The events that end a request for a client: ``retract`` first when its
+    chunks from seq ``retracted`` on were taken back, then ``terminal``."""
+    if retracted is None:
+        return [terminal]
+    return [("retract", {"id": request_id, "from_seq": retracted}), terminal]
 
 
 class MemoryStreamStore:
@@ -165,6 +178,10 @@ class MemoryStreamStore:
 
     def touched(self, stream: Stream) -> None:
         """A stream changed (a chunk, its end); a shared store writes it through."""
+
+    def retracted(self, stream: Stream, from_seq: int) -> None:
+        """A stream's chunks from ``from_seq`` on were taken back; a shared store
+        takes them out of its copy too."""
 
     def expired(self, now: float) -> list[Stream]:
         with self._lock:

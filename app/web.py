@@ -2,8 +2,18 @@
 
 import os
 
-from flask import Blueprint, Response, abort, current_app, jsonify, send_from_directory
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    jsonify,
+    request,
+    send_from_directory,
+)
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .auth import Unauthorized, identify
 
 bp = Blueprint("web", __name__)
 
@@ -87,7 +97,20 @@ def _page(name: str):
 
 @bp.get("/")
 def index():
-    return _page("index.html")
+    response = _page("index.html")
+    # The page opens Socket.IO with its owner cookie (app/owners.py): an anonymous
+    # browser gets one here, before its first chat.
+    try:
+        identity = identify(None, request.environ, current_app.config)
+    except Unauthorized:
+        return response  # tokens are required: the token names the owner
+    owners = current_app.extensions["owners"]
+    value = owners.issue(identity, request.environ)
+    if value is not None:
+        owners.set_cookie(response, value, request.environ)
+        # Never one browser's cookie kept by a shared cache for another.
+        response.headers["Cache-Control"] = "private, no-cache"
+    return response
 
 
 @bp.get("/demo")

@@ -175,6 +175,12 @@ class Answer:
         # were sent for it.
         self.gap_since: float | None = None
         self.gap_resumes = 0
+        # Every delta taken, in seq order: what is kept when chunks are taken back.
+        self.taken: list[Delta] = []
+        # The answer has no chunk from this seq on: a done counted that many, or a
+        # retract took the rest back (the server's moderation).
+        self.end_seq: int | None = None
+        self.retracted_from: int | None = None
 
     # The events
 
@@ -216,6 +222,8 @@ class Answer:
             delta = Delta(kind if kind in (REASONING, REFUSAL) else ANSWER, text)
         if seq < self.next_seq or seq in self.pending:
             return []
+        if self.end_seq is not None and seq >= self.end_seq:
+            return []  # taken back, or past the end the done gave
         self.pending[seq] = delta
         ready = []
         while self.next_seq in self.pending:
@@ -228,6 +236,7 @@ class Answer:
     def _take(self, delta: Delta) -> Delta:
         """Add a delta, now in order, to what the answer holds; a tool-call delta
         comes back naming its call's id and name."""
+        self.taken.append(delta)
         if delta.kind == REASONING:
             self.reasoning_parts.append(delta.text)
             return delta
@@ -248,7 +257,10 @@ class Answer:
 
     def apply_done(self, data: dict[str, Any]) -> None:
         """Finish the answer, or, when the done counts chunks not all here yet,
-        wait for them."""
+        wait for them. A done that counts fewer than arrived follows a retract
+        (which this client's threads may apply later): the rest is taken back."""
+        if isinstance(data.get("chunks"), int):
+            self._cut(data["chunks"])
         if self.next_seq < _chunks(data):
             self.done_early = data
         else:
@@ -267,6 +279,27 @@ class Answer:
                 sent,
                 self.assembled_tool_calls,
             )
+
+    def apply_retract(self, data: dict[str, Any]) -> None:
+        """The server took the chunks from ``from_seq`` on back (its moderation
+        flagged them): the answer, its history and ``last_result`` keep only those
+        before. Text ``stream()`` yielded already cannot be taken back there."""
+        from_seq = data.get("from_seq")
+        if isinstance(from_seq, int) and not isinstance(from_seq, bool):
+            self.retracted_from = max(from_seq, 0)
+            self._cut(self.retracted_from)
+
+    def _cut(self, end: int) -> None:
+        self.end_seq = end if self.end_seq is None else min(self.end_seq, end)
+        self.pending = {seq: d for seq, d in self.pending.items() if seq < end}
+        if self.end_seq >= self.next_seq:
+            return
+        kept = self.taken[: self.end_seq]
+        self.parts, self.reasoning_parts, self.refusal_parts = [], [], []
+        self.calls, self.taken = {}, []
+        for delta in kept:
+            self._take(delta)
+        self.next_seq = self.end_seq
 
     def apply_error(self, data: dict[str, Any]) -> None:
         """End the request with the server's error, but for the two that do not
@@ -337,6 +370,7 @@ class Answer:
     _HANDLERS = {
         "chunk": apply_chunk,
         "done": apply_done,
+        "retract": apply_retract,
         "error": apply_error,
         "ack": apply_ack,
         "resume_ack": apply_resume_ack,

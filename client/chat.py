@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import queue
-import re
 import threading
 import time
 import uuid
@@ -17,6 +16,7 @@ from typing import Any, Literal, NamedTuple, overload
 import socketio
 
 from client.answer import ANSWER, GAP_RESUMES, GAP_SECONDS, REFUSAL, Answer, Delta
+from client.api import Api, reason
 from client.errors import ChatConnectionError, ChatError
 from client.images import ImageSource, image_url
 
@@ -39,17 +39,6 @@ class _GapPersists(ChatError):
 
     def __init__(self) -> None:
         super().__init__("lost_chunks", "a chunk is missing", retryable=True)
-
-
-def _reason(exc: Exception) -> str:
-    """The gist of a connect failure; requests' own text names pools and retries."""
-    text = str(exc)
-    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-    if errno:
-        return errno.group(1).strip()
-    if "timed out" in text.lower():
-        return "timed out"
-    return text
 
 
 class _Step(NamedTuple):
@@ -87,6 +76,10 @@ class _Request:
         # and the done that completed the answer.
         self.ack_consumed = False
         self.result: dict[str, Any] | None = None
+        # Where the server keeps the exchange (the ack says; None when it keeps
+        # nothing): the conversation, and the id the answer will have.
+        self.conversation_id: str | None = None
+        self.answer_id: str | None = None
 
     def take(self, event: str, data: dict[str, Any]) -> _Step:
         """Apply an event to the answer; the caller holds ``lock``."""
@@ -107,9 +100,33 @@ class _Request:
 class ChatClient:
     """A conversation with the relay over one Socket.IO connection.
 
-    ``with ChatClient(url) as chat: print(chat.ask("Hi"))``. The history is kept
-    here and sent whole with every request. One stream at a time per client; use
-    several clients for parallel conversations.
+    ``with ChatClient(url) as chat: print(chat.ask("Hi"))``. One stream at a time
+    per client; use several clients for parallel conversations.
+
+    The server keeps the conversation (``store=True``, the default): the first
+    request creates it, and its ack names it (``conversation_id``); every later
+    request sends only the new messages (a prompt, or tool results) with the
+    conversation's id and the last answer's (``parent_id``), and the server builds
+    the history from what it stored. ``ChatClient(conversation_id=ID)`` (or
+    ``load(ID)``) goes on with a stored conversation, from its current branch;
+    ``conversations()`` lists them. With ``store=False``, or with a server that
+    keeps nothing (its ack names no conversation), the history is kept here only
+    and sent whole with every request, as before.
+
+    ``history`` is the conversation as this client knows it, OpenAI-shaped
+    messages, in both cases: the user's turns, the answers with their tool calls,
+    the tools' results. Stateless, it is what each request sends (edit it to change
+    what the model sees). In a stored conversation it mirrors the branch the
+    client is on, filled from the server by ``load``: the model sees what the
+    server stored, whatever the list holds; each request follows the client's own
+    last answer (``leaf_id``), so another device going on with the same
+    conversation meanwhile makes a branch rather than a mix.
+
+    Without a token the server knows the client by an anonymous owner cookie,
+    which ``connect()`` (or the first REST call) obtains from the server's REST API
+    and sends with every call and at the Socket.IO handshake; ``owner_cookie``
+    holds it, to pass to a later client as ``ChatClient(owner_cookie=...)``, for
+    the same conversations. With a token, the token is the owner.
 
     A connection that drops mid-answer is reconnected and the answer resumed
     where it stopped: the stream goes on yielding, with nothing lost or repeated.
@@ -139,6 +156,9 @@ class ChatClient:
         timeout: float = 10.0,
         resume_timeout: float = 30.0,
         on_event: EventCallback | None = None,
+        conversation_id: str | None = None,
+        store: bool = True,
+        owner_cookie: str | None = None,
     ) -> None:
         """``options`` are request fields sent with every request (``temperature``,
         ``tool_choice``, …); ``tools`` is the ``tools`` one, the tools the model
@@ -157,10 +177,23 @@ class ChatClient:
 
         ``on_event(name, payload)`` sees every event of this client's requests as
         it is consumed, as the server sent it: ``ack``, ``chunk`` (reasoning ones
-        too), ``done``, ``error``, ``stop_ack``, after a reconnection
+        too), ``done``, ``error``, ``retract`` (the server's moderation took the
+        chunks from ``from_seq`` on back: they leave the answer, its history and
+        ``last_result``; the ``done`` says ``content_filter``), ``stop_ack``, after
+        a reconnection
         ``resume_ack``, and after a resume sent to fill a hole in ``seq`` (see
         ``GAP_SECONDS``) ``gap_resume_ack``.
+
+        ``conversation_id``: a stored conversation to go on with; ``connect()``
+        loads it (``ChatError("not_found")`` when this owner has no such
+        conversation). ``store=False``: the server stores nothing; the history
+        lives here only. ``owner_cookie``: the anonymous owner cookie's value from
+        an earlier client (see ``owner_cookie``), ignored with a token.
         """
+        if conversation_id is not None:
+            _check_conversation_id(conversation_id)
+            if not store:
+                raise ValueError("conversation_id: not with store=False")
         self.url = url
         self.model = model
         self.options = dict(options or {})
@@ -169,9 +202,17 @@ class ChatClient:
         self.timeout = timeout
         self.resume_timeout = resume_timeout
         self.on_event = on_event
-        self.token = token
+        self.store = store
+        self._api = Api(url, token=token, cookie=owner_cookie, timeout=timeout)
         self.history: list[dict[str, Any]] = []
         self.last_result: dict[str, Any] | None = None
+        self._conversation_id: str | None = None
+        # The stored conversation's last message on this client's branch: what the
+        # next request follows (None: a new root).
+        self.leaf_id: str | None = None
+        # The conversation connect() loads, until it has.
+        self._to_load = conversation_id
+        self._introduced = False
         self._requests: dict[str, _Request] = {}
         self._requests_lock = threading.Lock()
         self._emit_lock = threading.Lock()
@@ -186,7 +227,7 @@ class ChatClient:
         self._sio = socketio.Client(
             reconnection=True, handle_sigint=False, request_timeout=timeout
         )
-        for event in ("chunk", "done", "error"):
+        for event in ("chunk", "done", "error", "retract"):
             self._sio.on(event, partial(self._dispatch, event))
         self._sio.on("connect", self._on_connect)
         self._sio.on("disconnect", self._on_disconnect)
@@ -207,10 +248,22 @@ class ChatClient:
                 f"cannot reconnect to {self.url} (still trying)",
                 retryable=True,
             )
+        if self._to_load is not None:
+            # Its answer introduces an anonymous client as well.
+            self.load(self._to_load)
+        elif self.store and not self.token and not self._introduced:
+            self._api.introduce()
+        self._introduced = True
         self._refusal = None
         auth = {"token": self.token} if self.token else None
         try:
-            self._sio.connect(self.url, auth=auth, wait_timeout=self.timeout)
+            self._sio.connect(
+                self.url,
+                auth=auth,
+                # Called again at each reconnection: the cookie of the moment.
+                headers=self._handshake_headers,
+                wait_timeout=self.timeout,
+            )
         except (socketio.exceptions.SocketIOError, ValueError) as exc:
             refusal = self._refusal
             if isinstance(refusal, dict) and "message" in refusal:
@@ -229,7 +282,7 @@ class ChatClient:
                 ) from exc
             raise ChatConnectionError(
                 "connection_failed",
-                f"cannot connect to {self.url}: {_reason(exc)}",
+                f"cannot connect to {self.url}: {reason(exc)}",
                 retryable=True,
             ) from exc
 
@@ -253,6 +306,76 @@ class ChatClient:
     @property
     def connected(self) -> bool:
         return self._sio.connected
+
+    @property
+    def token(self) -> str | None:
+        """The auth token, sent as the Socket.IO ``auth`` and as the REST API's
+        Bearer token; it names the owner of the stored conversations."""
+        return self._api.token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self._api.token = value
+
+    @property
+    def owner_cookie(self) -> str | None:
+        """The anonymous owner cookie's value (None with a token, or before the
+        server gave one): keep it to reach the same conversations later."""
+        return None if self.token else self._api.cookie
+
+    @property
+    def conversation_id(self) -> str | None:
+        """The stored conversation this client is in; None before the first answer
+        of a new one, and when the server keeps nothing."""
+        return self._conversation_id
+
+    def _handshake_headers(self) -> dict[str, str]:
+        # The token goes in the auth payload; the handshake carries the cookie.
+        return {} if self.token else self._api.headers()
+
+    # Stored conversations
+
+    def conversations(
+        self, q: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """This owner's stored conversations, newest first, as the server lists
+        them: ``{id, title, model, created_at, updated_at, current_leaf_id}``.
+
+        ``q``: only those whose title or messages hold these words. ``limit``: at
+        most this many. Raises ``ChatError`` (``unauthorized``, or
+        ``history_unavailable`` when the server cannot read its store, retryable),
+        ``ChatConnectionError`` when the server cannot be reached."""
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError("limit must be a positive integer")
+        if q is not None and not isinstance(q, str):
+            raise ValueError("q must be text")
+        return self._api.conversations(q, limit)
+
+    def conversation(self, conversation_id: str) -> dict[str, Any]:
+        """A stored conversation with every message, all branches, oldest first
+        (``messages``: ``{id, parent_id, role, content, …}``); ``current_leaf_id``
+        ends the branch in view. ``ChatError("not_found")`` when this owner has
+        no such conversation."""
+        _check_conversation_id(conversation_id)
+        return self._api.conversation(conversation_id)
+
+    def load(self, conversation_id: str) -> dict[str, Any]:
+        """Go on with a stored conversation: its current branch becomes the history
+        and the next request follows its last message. Returns the conversation
+        (as ``conversation``). ``ChatError("not_found")`` leaves the client as it
+        was."""
+        if self._live is not None:
+            raise RuntimeError("this client is streaming an answer")
+        if not self.store:
+            raise ValueError("load: not with store=False")
+        found = self.conversation(conversation_id)
+        branch = _branch(found)
+        self.history[:] = [_history_message(m) for m in branch if _sendable(m)]
+        self._conversation_id = str(found.get("id") or conversation_id)
+        self.leaf_id = branch[-1]["id"] if branch else None
+        self.last_result = None
+        self._to_load = None
+        return found
 
     def __enter__(self) -> ChatClient:
         self.connect()
@@ -305,7 +428,8 @@ class ChatClient:
         tool_results: Mapping[str, str] | None = None,
         reasoning: bool = False,
     ) -> Iterator[str] | Iterator[Delta]:
-        """Send ``prompt`` with the history and yield the answer's text as it comes.
+        """Send ``prompt`` in the conversation and yield the answer's text as it
+        comes.
 
         With ``reasoning=True`` it yields ``Delta(kind, text)`` pairs instead, in
         the order the model wrote them: ``kind`` is ``"reasoning"`` for a reasoning
@@ -335,11 +459,16 @@ class ChatClient:
 
         At ``done`` the exchange joins the history (the answer's text only, never
         the reasoning) and ``last_result`` holds the ``done`` payload and the
-        reasoning text. A failure raises ``ChatError`` and leaves the history as it
-        was. Leaving the loop early cancels the request, as ``stop()`` does: the
-        partial answer joins the history (unless it is empty, as it is while the
-        model is still reasoning: the server refuses empty turns), without any tool
-        call it had begun.
+        reasoning text (in a stored conversation, with its ``conversation_id`` and
+        ``answer_id``). A failure raises ``ChatError`` and leaves the history as it
+        was; in a stored conversation the next request follows the last answer
+        that did join it, so the failed exchange stays a branch of its own on the
+        server (``history_unavailable``, retryable: the server could not store the
+        conversation, before the request went upstream or, the answer streamed
+        whole, after). Leaving the loop early cancels the request, as ``stop()``
+        does: the partial answer joins the history (unless it is empty, as it is
+        while the model is still reasoning: the server refuses empty turns),
+        without any tool call it had begun.
 
         A dropped connection is reconnected and the answer resumed unseen; it
         raises ``ChatError("disconnected")`` only when that fails for
@@ -352,10 +481,7 @@ class ChatClient:
         if self._live is not None:
             raise RuntimeError("this client is already streaming an answer")
         turns = self._turns(prompt, images, tool_results)
-        system = (
-            [] if self.system is None else [{"role": "system", "content": self.system}]
-        )
-        payload: dict[str, Any] = {"messages": [*system, *self.history, *turns]}
+        payload = self._where(turns)
         model = model if model is not None else self.model
         if model is not None:
             payload["model"] = model
@@ -471,9 +597,13 @@ class ChatClient:
             ).start()
 
     def reset(self) -> None:
-        """Forget the conversation (``system`` stays)."""
+        """Forget the conversation (``system`` stays): the next request starts a
+        new one. A stored conversation stays on the server."""
         self.history.clear()
         self.last_result = None
+        self._conversation_id = None
+        self.leaf_id = None
+        self._to_load = None
 
     # Internals
 
@@ -511,6 +641,24 @@ class ChatClient:
             for image in images
         ]
         return [{"role": "user", "content": parts}]
+
+    def _where(self, turns: list[dict[str, Any]]) -> dict[str, Any]:
+        """The request's messages and where the server keeps them: in a stored
+        conversation the new turns only, after the client's last answer; else the
+        whole history, which a new conversation then holds."""
+        system = (
+            [] if self.system is None else [{"role": "system", "content": self.system}]
+        )
+        if self._conversation_id is not None:
+            return {
+                "conversation_id": self._conversation_id,
+                "parent_id": self.leaf_id,
+                "messages": [*system, *turns],
+            }
+        payload: dict[str, Any] = {"messages": [*system, *self.history, *turns]}
+        if not self.store:
+            payload["store"] = False
+        return payload
 
     @staticmethod
     def _tool_turns(
@@ -680,6 +828,12 @@ class ChatClient:
             if calls:
                 message["tool_calls"] = copy.deepcopy(calls)
             self.history.append(message)
+            if request.conversation_id is not None and request.answer_id is not None:
+                # Taken on a completed exchange only: a conversation whose first
+                # exchange failed holds none of the history this client keeps, so
+                # the next request starts a new one.
+                self._conversation_id = request.conversation_id
+                self.leaf_id = request.answer_id
         else:
             # Failed, or stopped before any text: the server rejects an empty turn.
             del self.history[start:]
@@ -715,6 +869,8 @@ class ChatClient:
             elif event in ("ack", "resume_ack") and data.get("ok"):
                 if event == "ack":
                     request.token = data.get("resume_token")
+                    request.conversation_id = _text(data.get("conversation_id"))
+                    request.answer_id = _text(data.get("answer_id"))
                 started = True
             elif event == "stop_ack":
                 request.stop_acked = True
@@ -789,3 +945,53 @@ class ChatClient:
             # Disconnected: sent again once the request is resumed.
             with request.lock:
                 request.stop_sent = False
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _check_conversation_id(conversation_id: Any) -> None:
+    if not isinstance(conversation_id, str) or not 0 < len(conversation_id) <= 64:
+        raise ValueError("conversation_id must be a string of 1-64 characters")
+
+
+def _branch(conversation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages from the root to the conversation's current leaf, in order."""
+    messages = conversation["messages"]
+    by_id = {m.get("id"): m for m in messages if isinstance(m, dict)}
+    branch: list[dict[str, Any]] = []
+    at = conversation.get("current_leaf_id")
+    if at is None and messages:
+        at = messages[-1].get("id") if isinstance(messages[-1], dict) else None
+    while at is not None:
+        message = by_id.pop(at, None)  # popped: a cycle cannot loop for ever
+        if message is None:
+            raise ChatError(
+                "bad_response",
+                f"conversation {conversation.get('id')!r}: message {at!r} of its "
+                "branch is missing",
+            )
+        branch.append(message)
+        at = message.get("parent_id")
+    branch.reverse()
+    return branch
+
+
+def _sendable(stored: dict[str, Any]) -> bool:
+    # An answer that ended before any text (failed, or stopped while the model
+    # reasoned) is not sent to the model: the history leaves it out too.
+    return stored.get("role") != "assistant" or bool(
+        stored.get("content") or stored.get("tool_calls")
+    )
+
+
+def _history_message(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored message as the history holds it: OpenAI's shape."""
+    message: dict[str, Any] = {"role": stored["role"], "content": stored.get("content")}
+    if stored.get("tool_calls"):
+        message["tool_calls"] = stored["tool_calls"]
+        message["content"] = message["content"] or None
+    if stored.get("tool_call_id"):
+        message["tool_call_id"] = stored["tool_call_id"]
+    return message

@@ -13,6 +13,12 @@ stderr after the answer.
 
 A tool call the model makes is noted on stderr after the answer, as
 ``[tool call NAME(ARGUMENTS)]``; the command line runs no tools.
+
+The server keeps the conversations (unless ``--no-store``): ``--list`` lists them,
+``--continue [ID]`` goes on with one (the most recently updated without an ID), in
+one-shot and interactive mode alike. Without a token, the server knows this user by
+an anonymous owner cookie, kept between runs in
+``$XDG_CONFIG_HOME/chatstream/owner-HOST:PORT`` (see client/owner.py).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import signal
 import sys
 import threading
+from datetime import datetime
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +39,7 @@ from client.answer import REASONING, TOOL_CALL, Delta
 from client.chat import DEFAULT_URL, ChatClient
 from client.errors import ChatConnectionError, ChatError
 from client.images import MAX_IMAGE_BYTES, image_url
+from client.owner import cookie_path, read_cookie, save_cookie
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -45,9 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m client",
         description=(
             "Stream an answer from the chatstream relay. Without a prompt: a "
-            "conversation at a '> ' prompt (/reset forgets it, /quit or EOF ends "
-            "it), or, when stdin is not a terminal, the whole of stdin as the "
-            "prompt. Ctrl-C stops the answer; a second Ctrl-C exits."
+            "conversation at a '> ' prompt (/reset starts a new one, /quit or EOF "
+            "ends it), or, when stdin is not a terminal, the whole of stdin as the "
+            "prompt. Ctrl-C stops the answer; a second Ctrl-C exits. The server "
+            "keeps the conversations (--list, --continue); without a token, it "
+            "knows you by a cookie kept in "
+            "$XDG_CONFIG_HOME/chatstream/owner-HOST:PORT."
         ),
     )
     parser.add_argument("prompt", nargs="*", help="the prompt; words are joined")
@@ -106,6 +117,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds to wait to connect and for the first answer (default: 10)",
     )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="list the stored conversations, newest first: id, last update, title "
+        "(--json: one JSON object a line); words given search them",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=20,
+        help="how many conversations --list shows (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--continue",
+        dest="continue_id",
+        nargs="?",
+        const="",
+        metavar="ID",
+        help="go on with a stored conversation (without ID: the most recently "
+        "updated); a prompt goes before it, or after --",
+    )
+    parser.add_argument(
+        "--no-store",
+        dest="store",
+        action="store_false",
+        help="keep nothing on the server: the history stays in this process",
+    )
     return parser
 
 
@@ -116,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     url = urlsplit(args.url)
     if url.scheme not in ("http", "https", "ws", "wss") or not url.netloc:
         parser.error(f"--url: not an http(s):// or ws(s):// URL: {args.url!r}")
+    if args.continue_id is not None and not args.store:
+        parser.error("--continue: not with --no-store (nothing is stored)")
+    if args.list:
+        if args.interactive or args.continue_id is not None:
+            parser.error("--list: not with --interactive or --continue")
+        if args.limit < 1:
+            parser.error("--limit: must be at least 1")
+        return _list(args)
     prompt = " ".join(args.prompt).strip()
     if args.prompt and not prompt:
         parser.error("the prompt is empty")
@@ -139,14 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_tokens is not None:
         # Not checked here: the server's invalid_request names the field.
         options["max_tokens"] = args.max_tokens
-    chat = ChatClient(
-        args.url,
-        model=args.model,
-        options=options,
-        system=args.system,
-        token=args.token,
-        timeout=args.timeout,
-    )
+    chat = _client(args, model=args.model, options=options, system=args.system)
     session = _Session(
         chat,
         json_mode=args.json,
@@ -159,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, session.on_sigint)
     try:
+        if args.continue_id is not None:
+            found = _continue(chat, args.continue_id, hint=not args.prompt)
+            if interactive:
+                _note(f"[continuing {found['id']}: {found.get('title') or ''}]")
         chat.connect()
         status = EXIT_OK
         if prompt:
@@ -169,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     except ChatConnectionError as exc:
         _error(exc)
         return EXIT_UNREACHABLE
+    except ChatError as exc:
+        # A conversation that cannot be continued (not_found, history_unavailable).
+        _error(exc)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(file=sys.stderr)  # leave the shell prompt on a fresh line
         return EXIT_INTERRUPTED
@@ -178,8 +225,97 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     finally:
         chat.close()
+        _keep_cookie(args, chat)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def _client(args: argparse.Namespace, **options: Any) -> ChatClient:
+    """The client for these arguments, as the kept owner cookie's owner."""
+    cookie = None
+    if not args.token and (args.store or args.list):
+        cookie = read_cookie(args.url)
+    args.kept_cookie = cookie
+    return ChatClient(
+        args.url,
+        token=args.token,
+        timeout=args.timeout,
+        store=args.store,
+        owner_cookie=cookie,
+        **options,
+    )
+
+
+def _keep_cookie(args: argparse.Namespace, chat: ChatClient) -> None:
+    """Keep the owner cookie the server gave, for the next run."""
+    cookie = chat.owner_cookie
+    if cookie is None or cookie == args.kept_cookie:
+        return
+    try:
+        save_cookie(args.url, cookie)
+    except OSError as exc:
+        _note(
+            f"[the owner cookie could not be kept in {cookie_path(args.url)}: "
+            f"{exc.strerror or exc}; the next run will not see these conversations]"
+        )
+
+
+def _list(args: argparse.Namespace) -> int:
+    """Print the stored conversations; returns the exit status."""
+    chat = _client(args)
+    try:
+        found = chat.conversations(" ".join(args.prompt).strip() or None, args.limit)
+    except ChatConnectionError as exc:
+        _error(exc)
+        return EXIT_UNREACHABLE
+    except ChatError as exc:
+        _error(exc)
+        return EXIT_FAILED
+    finally:
+        _keep_cookie(args, chat)
+    try:
+        for conversation in found:
+            if args.json:
+                print(json.dumps(conversation), flush=True)
+            else:
+                print(
+                    f"{conversation.get('id')}  "
+                    f"{_local_time(conversation.get('updated_at'))}  "
+                    f"{conversation.get('title') or '(untitled)'}",
+                    flush=True,
+                )
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
+
+
+def _continue(chat: ChatClient, conversation_id: str, *, hint: bool) -> dict[str, Any]:
+    """Load the conversation to go on with: ``conversation_id``, or the most
+    recently updated one when it is empty. ``hint``: a prompt may have been taken
+    for the ID, say how to give both."""
+    if not conversation_id:
+        latest = chat.conversations(limit=1)
+        if not latest:
+            raise ChatError("not_found", "--continue: no stored conversation yet")
+        conversation_id = latest[0]["id"]
+    try:
+        return chat.load(conversation_id)
+    except ChatError as exc:
+        if exc.code != "not_found":
+            raise
+        message = f"--continue {conversation_id}: {exc.message}"
+        if hint:
+            message += " (a prompt goes before --continue, or after --)"
+        raise ChatError("not_found", message) from None
+
+
+def _local_time(value: Any) -> str:
+    """An ISO 8601 time as the local date and minute; as it is when unreadable."""
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
 class _Session:

@@ -10,8 +10,11 @@ class ChatError(Exception):
     (``unauthorized``, ``too_many_connections``, ``handshake_rate_limited``,
     ``server_full``), or ``timeout``, ``connection_failed``, ``disconnected`` or
     ``lost_chunks`` (chunks that never arrived and could not be fetched again) for
-    failures seen by the client. ``retryable`` is the server's word on the code
-    (False when it said none), or the client's own for the codes it raises.
+    failures seen by the client; from the REST API of stored conversations, the
+    server's code (``not_found``, ``history_unavailable``, ``unauthorized``, …), or
+    ``http_error`` and ``bad_response`` for an answer that is not the API's.
+    ``retryable`` is the server's word on the code (False when it said none), or
+    the client's own for the codes it raises.
     """
 
     def __init__(self, code: str, message: str, retryable: bool = False) -> None:

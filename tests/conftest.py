@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -19,6 +20,12 @@ import socketio
 
 from bench.postgres import PostgresServer
 from bench.servers import stop
+
+# An app built in this process (tests/test_handlers.py) keeps its conversations and
+# its owner cookie's secret in a directory of its own, not under the repository.
+_IN_PROCESS = Path(tempfile.mkdtemp(prefix="chatstream-tests-"))
+os.environ.setdefault("DATABASE_URL", f"sqlite:///{_IN_PROCESS / 'history.db'}")
+os.environ.setdefault("OWNER_SECRET_FILE", str(_IN_PROCESS / "owner_secret"))
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the relay sends upstream; it must never reach a client or a log line.
@@ -99,10 +106,16 @@ class ServerProcess:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115  (closed in stop)
+        # Each server keeps its conversations and owner secret beside its log (a
+        # restart with the same log path finds them again), unless the test says.
+        own = {
+            "DATABASE_URL": f"sqlite:///{log_path.with_suffix('.db')}",
+            "OWNER_SECRET_FILE": str(log_path.with_suffix(".secret")),
+        }
         self.proc = subprocess.Popen(
             args,
             cwd=ROOT,
-            env={**os.environ, **env},
+            env={**os.environ, **own, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
@@ -216,14 +229,27 @@ class Recorder:
         self.resumed_after: dict[str, int] = {}
         self._changed = threading.Condition()
         self.sio = socketio.Client(reconnection=False, **(client_options or {}))
-        for name in ("chunk", "done", "error"):
+        # ``retract`` takes chunks back (moderation's stream mode).
+        for name in ("chunk", "done", "error", "retract"):
             self.sio.on(name, self._recorder(name))
+        # What the server announces about the owner's conversations, apart.
+        self.notices: list[tuple[str, Any]] = []
+        for name in ("conversation", "conversation_deleted"):
+            self.sio.on(name, self._noticer(name))
         self.sio.connect(url, wait_timeout=10, **connect)
 
     def _recorder(self, name: str):
         def record(data: Any) -> None:
             with self._changed:
                 self.events.append((name, data))
+                self._changed.notify_all()
+
+        return record
+
+    def _noticer(self, name: str):
+        def record(data: Any) -> None:
+            with self._changed:
+                self.notices.append((name, data))
                 self._changed.notify_all()
 
         return record

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -40,8 +41,10 @@ SLOW_DEMO = {
     "DEMO_TOKENS_PER_SECOND": "20",
     **UNLIMITED,
 }
-# The CLI's default URL comes from CHAT_URL; a developer's must not leak in.
+# The CLI's default URL comes from CHAT_URL; a developer's must not leak in. The
+# owner cookies it keeps go to a folder of the tests' own, not the developer's.
 CLI_ENV = {k: v for k, v in os.environ.items() if k != "CHAT_URL"}
+CLI_ENV["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="chatstream-cli-")
 
 
 @contextmanager

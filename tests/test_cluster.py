@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from itsdangerous import URLSafeSerializer
 
 from .conftest import (
     ROOT,
+    SYSTEM_PROMPT,
+    PostgresServer,
     Recorder,
     Relay,
     ServerProcess,
@@ -77,7 +80,23 @@ def redis_server(async_mode, tmp_session):
     server.stop()
 
 
-def node(tmp, upstream, redis_server, name: str, async_mode: str) -> Relay:
+# Every node signs anonymous owners' cookies alike.
+OWNER_SECRET = "cluster-owner-secret"
+
+
+@pytest.fixture(scope="module")
+def cluster_database(async_mode, tmp_session):
+    """A PostgreSQL server holding the nodes' conversations: one for each async
+    mode's nodes."""
+    server = PostgresServer(tmp_session)
+    yield server
+    server.close()
+
+
+def node(
+    tmp, upstream, redis_server, name: str, async_mode: str, database_url: str = ""
+) -> Relay:
+    history = {"DATABASE_URL": database_url} if database_url else {}
     return Relay(
         tmp,
         async_mode,
@@ -86,14 +105,19 @@ def node(tmp, upstream, redis_server, name: str, async_mode: str) -> Relay:
             SOCKETIO_MESSAGE_QUEUE=redis_server.url,
             NODE_ID=name,
             RESUME_GRACE_SECONDS="10",
+            OWNER_SECRET=OWNER_SECRET,
+            **history,
         ),
     )
 
 
 @pytest.fixture(scope="module")
-def nodes(async_mode, tmp_session, upstream, redis_server):
-    """Three relay nodes sharing the Redis server."""
-    started = [node(tmp_session, upstream, redis_server, n, async_mode) for n in "abc"]
+def nodes(async_mode, tmp_session, upstream, redis_server, cluster_database):
+    """Three relay nodes sharing the Redis server and the PostgreSQL one."""
+    started = [
+        node(tmp_session, upstream, redis_server, n, async_mode, cluster_database.url)
+        for n in "abc"
+    ]
     yield started
     for server in started:
         server.process.proc.send_signal(signal.SIGQUIT)  # together, and no drain
@@ -205,6 +229,52 @@ def wait_mirrored_end(redis_server: RedisServer, token: str) -> None:
         return mirror is not None and mirror.terminal is not None
 
     wait_until(ended, what="the mirrored terminal event")
+
+
+def owner_cookie(owner_id: str) -> dict[str, str]:
+    """A fresh Cookie header (the Engine.IO client takes the cookie out of the dict
+    it is given)."""
+    value = URLSafeSerializer(OWNER_SECRET, salt="chatstream.owner").dumps(owner_id)
+    return {"Cookie": f"chatstream_owner={value}"}
+
+
+def test_a_conversation_goes_on_at_any_node(nodes, upstream):
+    a, b, c = nodes
+    roamer = f"roamer-{time.monotonic_ns()}"
+    first = Recorder(a.url, headers=owner_cookie(roamer))
+    other_tab = Recorder(c.url, headers=owner_cookie(roamer))
+    try:
+        question = f"Where do eels spawn? {time.monotonic_ns()}"
+        ack = first.chat("c1", question)
+        assert first.wait_end("c1")[0] == "done"
+        answer = first.text("c1")
+        # The owner's tab on another node hears of the new conversation.
+        other_tab.wait(lambda r: r.notices)
+        assert other_tab.notices[0][1]["id"] == ack["conversation_id"]
+    finally:
+        first.close()
+    second = Recorder(b.url, headers=owner_cookie(roamer))
+    try:
+        follow_up = f"And why there? {time.monotonic_ns()}"
+        ack2 = second.chat("c2", follow_up, conversation_id=ack["conversation_id"])
+        assert ack2["ok"], ack2
+        assert second.wait_end("c2")[0] == "done"
+        sent = [
+            r["body"]["messages"]
+            for r in upstream.requests()
+            if follow_up in (r["prompt"] or "")
+        ]
+        assert sent == [
+            [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": answer},
+                {"role": "user", "content": follow_up},
+            ]
+        ]
+    finally:
+        second.close()
+        other_tab.close()
 
 
 def test_resume_on_another_node_gives_the_exact_answer(nodes):

@@ -792,3 +792,15 @@ def test_postgresql_waits_let_other_greenlets_run(mode, postgres, tmp_path):
             "other greenlets ran while the query waited",
             "listed 1",
         ]
+
+
+def test_nul_characters_are_kept_as_replacement_characters(store):
+    owner = "nul-owner"
+    conversation = store.create_conversation(owner, title="a\x00b")
+    store.add_message(owner, conversation.id, None, "user", "x\x00y")
+    found = store.get(owner, conversation.id)
+    assert found.title == "a\ufffdb"
+    assert found.messages[0].content == "x\ufffdy"
+    assert store.list(owner, q="zz\x00zz").conversations == []
+    with pytest.raises(InvalidInput, match="^before:"):
+        store.list(owner, before="\x00")

@@ -140,6 +140,9 @@ def _postgresql_engine(url: URL, timeout: float, pool_size: int) -> Engine:
 def upgrade(engine: Engine) -> None:
     """Create the schema, or bring it to the newest migration; run on every start,
     a no-op when it is current."""
+    # Alembic logs its set-up (at import) and each step at every start; the store
+    # logs what changed.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from alembic import command
     from alembic.config import Config
     from alembic.migration import MigrationContext
@@ -148,8 +151,6 @@ def upgrade(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("path_separator", "os")
-    # Alembic logs its set-up at every start; the store logs what changed.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     with guard(), engine.execution_options(**WRITE).begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.execute(

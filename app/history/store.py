@@ -98,15 +98,22 @@ class Store:
     # Conversations
 
     def create_conversation(
-        self, owner: str, model: str | None = None, title: str | None = None
+        self,
+        owner: str,
+        model: str | None = None,
+        title: str | None = None,
+        *,
+        id: str | None = None,
     ) -> Conversation:
         """Start an empty conversation; its title comes from the first user message
-        when none is given."""
+        when none is given. ``id``: one taken with ``new_id()`` beforehand."""
         _check_owner(owner)
         model = _optional(model, "model", str)
         title = _title(title) if title is not None else None
+        if id is not None:
+            _check_id(id, "id")
         now = _now()
-        conversation = Conversation(new_id(), owner, title, model, now, now)
+        conversation = Conversation(id or new_id(), owner, title, model, now, now)
         with self._write() as connection:
             connection.execute(
                 conversations.insert().values(
@@ -119,6 +126,26 @@ class Store:
                 )
             )
         return conversation
+
+    def summary(self, owner: str, conversation_id: str) -> Conversation:
+        """The conversation without its messages."""
+        with self._read() as connection:
+            return self._conversation(connection, owner, conversation_id)
+
+    def message(self, owner: str, message_id: str) -> Message:
+        """One of the owner's messages, in whichever conversation it is."""
+        _check_owner(owner)
+        _check_id(message_id, "message_id")
+        m, c = messages_table, conversations
+        with self._read() as connection:
+            row = connection.execute(
+                sa.select(m)
+                .join(c, c.c.id == m.c.conversation_id)
+                .where(m.c.id == message_id, c.c.owner == owner)
+            ).first()
+            if row is None:
+                raise NotFound("no such message")
+            return self._messages(connection, [row], False)[0]
 
     def get(
         self, owner: str, conversation_id: str, *, data_urls: bool = False
@@ -196,6 +223,8 @@ class Store:
                 )
             )
         statement = statement.order_by(c.c.updated_at.desc(), c.c.id.desc())
+        if q is not None:
+            q = without_nul(q)
         searching = q is not None and q.strip() != ""
         if searching and not search.has_terms(q):
             return Page([], None)
@@ -285,7 +314,7 @@ class Store:
         conversation is returned as it is, so a retried write writes once."""
         _check_owner(owner)
         message = _new_message(conversation_id, parent_id, role, content, id, fields)
-        stored = contents.prepare(content)
+        stored = contents.prepare(message.content)
         message = replace(message, content=stored.content)
         with self._write() as connection:
             conversation = self._conversation(connection, owner, conversation_id)
@@ -391,7 +420,7 @@ class Store:
                 fields,
                 where,
             )
-            stored = contents.prepare(item["content"], f"{where}.content")
+            stored = contents.prepare(message.content, f"{where}.content")
             message = replace(
                 message, content=stored.content, created_at=item["created_at"]
             )
@@ -568,7 +597,7 @@ def _new_message(
     if unknown:
         raise InvalidInput(f"{prefix}{sorted(unknown)[0]}: not a message field")
     checked = {
-        key: _optional(fields.get(key), f"{prefix}{key}", kind)
+        key: without_nul(_optional(fields.get(key), f"{prefix}{key}", kind))
         for key, kind in FIELDS.items()
     }
     return Message(
@@ -576,7 +605,7 @@ def _new_message(
         conversation_id=conversation_id,
         parent_id=parent_id,
         role=role,
-        content=content,
+        content=without_nul(content),
         created_at=_now(),
         **checked,
     )
@@ -608,10 +637,22 @@ def _check_id(value: Any, field: str) -> None:
         raise InvalidInput(f"{field}: a string")
 
 
+def without_nul(value: Any) -> Any:
+    """``value`` with U+FFFD for each NUL character in its strings: PostgreSQL's
+    text cannot hold NUL, and both databases keep the same text."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, list):
+        return [without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {key: without_nul(item) for key, item in value.items()}
+    return value
+
+
 def _title(title: Any) -> str:
     if not isinstance(title, str):
         raise InvalidInput("title: a string")
-    title = " ".join(title.split())
+    title = " ".join(without_nul(title).split())
     if not 1 <= len(title) <= MAX_TITLE_CHARS:
         raise InvalidInput(f"title: 1 to {MAX_TITLE_CHARS} characters")
     return title
@@ -624,10 +665,16 @@ def _encode_cursor(updated_at: datetime, conversation_id: str) -> str:
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
+        if "\x00" in cursor:
+            raise ValueError
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, conversation_id = json.loads(raw)
         updated_at = datetime.fromisoformat(stamp)
-        if updated_at.tzinfo is None or not isinstance(conversation_id, str):
+        if (
+            updated_at.tzinfo is None
+            or not isinstance(conversation_id, str)
+            or "\x00" in conversation_id
+        ):
             raise ValueError
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise InvalidInput("before: not a cursor from this listing") from None

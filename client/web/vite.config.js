@@ -28,11 +28,12 @@ export default defineConfig({
     },
   },
   server: {
-    // `npm run dev` serves the page; the Flask service on :5000 answers the socket and
-    // the model list.
+    // `npm run dev` serves the page; the Flask service on :5000 answers the socket, the
+    // model list and the conversations.
     proxy: {
       '/socket.io': { target: 'http://127.0.0.1:5000', ws: true },
       '/v1': { target: 'http://127.0.0.1:5000' },
+      '/api': { target: 'http://127.0.0.1:5000' },
     },
   },
   test: {

@@ -21,6 +21,7 @@ class RestartableServer:
         self.web_dist = web_dist
         self.process = None
         self.runs = 0
+        self.kept = log_dir / f"restartable-{self.port}"
 
     def start(self) -> None:
         self.runs += 1
@@ -34,6 +35,9 @@ class RestartableServer:
                 "DEMO_TTFT": "0.2",
                 "DEMO_TOKENS_PER_SECOND": "20",
                 "WEB_DIST_DIR": str(self.web_dist),
+                # A restarted server keeps its conversations and its owner cookies.
+                "DATABASE_URL": f"sqlite:///{self.kept}.db",
+                "OWNER_SECRET_FILE": f"{self.kept}.secret",
             },
             self.log_dir / f"restartable-{self.port}-{self.runs}.log",
         )

@@ -228,19 +228,24 @@ def test_an_attached_image_reaches_the_upstream_as_the_same_data_url(
         },
     ]
 
-    # The tab's storage keeps no image data: a reload shows where one was, and the
-    # next question says it was not resent rather than sending it.
+    # The tab's storage keeps no image data; the server keeps the conversation: a
+    # reload shows the image from there, and the next question sends only itself,
+    # the server putting the same image back in the history.
     wait_until(lambda: '"status":"done"' in stored_transcript(page))
     assert "data:image" not in stored_transcript(page)
     page.reload()
     wait_connected(page)
-    expect(page.get_by_test_id("user-image-missing")).to_have_text("image not kept")
-    expect(page.get_by_test_id("user-image")).to_have_count(0)
+    shown = page.get_by_test_id("user-image")
+    expect(shown).to_have_attribute("src", re.compile(r"^/api/blobs/[0-9a-f]{64}$"))
+    assert shown.evaluate("img => img.decode().then(() => img.naturalWidth)") == 48
     follow_up = f"And now? {marker}-again [[tokens:4]]"
     wait_done(ask(page, follow_up))
     body = upstream_body(upstream, f"{marker}-again")
     assert [m["content"] for m in body["messages"][1:]] == [
-        f"{prompt}\n\n[1 image not resent]",
+        [
+            {"type": "text", "text": prompt},
+            {"type": "image_url", "image_url": {"url": sent}},
+        ],
         answer_text(page, 0),
         follow_up,
     ]

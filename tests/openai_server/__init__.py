@@ -10,9 +10,12 @@ It prints one line, ``listening on http://HOST:PORT``, once it accepts requests
 ``TEST_SERVER_API_KEY`` environment variable; ``--tps 0`` streams without delay.
 
 Endpoints: ``POST /v1/chat/completions`` (streamed with ``stream: true``, plain
-``chat.completion`` JSON otherwise), ``GET /v1/models``, and for tests
+``chat.completion`` JSON otherwise), ``GET /v1/models``, ``POST /v1/moderations``
+(OpenAI's moderation endpoint, each input judged by ``{{flag}}``, ``{{fail}}`` and
+``{{slow:S}}`` directives in its own text: ``moderations.py``), and for tests
 ``GET /_requests`` (one record per completion request, newest last, the last
-10,000 kept) and ``POST /_reset`` (forget them).
+10,000 kept), ``GET /_moderations`` (one per moderation request) and
+``POST /_reset`` (forget them all).
 
 A request is checked as the real service checks it, each refusal a 400 whose
 ``param`` names the field (``validation.py``): roles ``system``, ``developer``,
@@ -162,8 +165,8 @@ HTTP chunk, on an absolute schedule (paced chunk k is due at ttft + k / tps).
 Modules: ``directives`` (the directives), ``replies`` (what is said), ``tools``
 (tool calls and their streamed shapes), ``validation`` (the request checks),
 ``completion`` (one request's answer, and its whole form), ``http11`` (HTTP/1.1
-and the connection), ``streams`` (streams and their pacer), ``endpoints`` and
-``run``.
+and the connection), ``streams`` (streams and their pacer), ``moderations`` (the
+moderation endpoint's verdicts), ``endpoints`` and ``run``.
 """
 
 from .directives import (

@@ -15,6 +15,8 @@ from .completion import Completion, plan, whole_completion
 from .directives import DirectiveError, parse_directives
 from .errors import RequestError, error_body
 from .http11 import Connection, Reply, Request
+from .moderations import DEFAULT_MODEL as DEFAULT_MODERATION_MODEL
+from .moderations import moderation_response, plan_moderation
 from .replies import last_user_index, message_text
 from .streams import Pacer, Stream
 from .validation import check_request
@@ -41,12 +43,15 @@ class Service:
         self.settings = settings
         self.pacer = pacer
         self.records: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDS)
+        self.moderation_records: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDS)
         self.counter = 0
         self.connections: set[Connection] = set()
         self.routes: dict[str, tuple[str, Callable[..., Reply | None]]] = {
             "/v1/chat/completions": ("POST", self.chat_completions),
             "/v1/models": ("GET", self.list_models),
+            "/v1/moderations": ("POST", self.moderations),
             "/_requests": ("GET", self.list_requests),
+            "/_moderations": ("GET", self.list_moderations),
             "/_reset": ("POST", self.reset),
         }
 
@@ -70,8 +75,12 @@ class Service:
     def list_requests(self, connection: Connection, request: Request) -> Reply:
         return Reply(200, list(self.records))
 
+    def list_moderations(self, connection: Connection, request: Request) -> Reply:
+        return Reply(200, list(self.moderation_records))
+
     def reset(self, connection: Connection, request: Request) -> Reply:
         self.records.clear()
+        self.moderation_records.clear()
         return Reply(200, {"ok": True})
 
     def list_models(self, connection: Connection, request: Request) -> Reply:
@@ -194,6 +203,60 @@ class Service:
 
         timer = self.pacer.loop.call_later(completion.ttft, answer)
         connection.on_close = client_left
+
+    def moderations(self, connection: Connection, request: Request) -> Reply | None:
+        """OpenAI's moderation endpoint, steered by directives in each input
+        (``moderations.py``); a slow answer waits on the loop."""
+        record: dict[str, Any] = {
+            "n": len(self.moderation_records) + 1,
+            "model": None,
+            "input": None,
+            "status": 200,
+            "started_at": time.time(),
+            "ended_at": None,
+            "outcome": "waiting",
+        }
+        self.moderation_records.append(record)
+
+        def answer(reply: Reply, outcome: str) -> None:
+            record.update(status=reply.status, outcome=outcome, ended_at=time.time())
+            reply.headers["x-request-id"] = "req_" + secrets.token_hex(16)
+            connection.respond(reply)
+
+        if (refusal := self._check_auth(request)) is not None:
+            answer(refusal, "error_status")
+            return None
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            body = None
+        try:
+            plan = plan_moderation(body)
+        except RequestError as exc:
+            answer(Reply(exc.status, exc.body()), "error_status")
+            return None
+        model = body.get("model") or DEFAULT_MODERATION_MODEL
+        record.update(model=model, input=plan.texts)
+        if plan.fail is not None:
+            failed = error_body("Injected moderation failure.", plan.fail)
+            reply, outcome = Reply(plan.fail, failed), "error_status"
+        else:
+            reply, outcome = Reply(200, moderation_response(plan, model)), "answered"
+        if not plan.delay:
+            answer(reply, outcome)
+            return None
+
+        def client_left() -> None:
+            timer.cancel()
+            record.update(outcome="client_closed", ended_at=time.time())
+
+        def later() -> None:
+            connection.on_close = None
+            answer(reply, outcome)
+
+        timer = self.pacer.loop.call_later(plan.delay, later)
+        connection.on_close = client_left
+        return None
 
     def _check_auth(self, request: Request) -> Reply | None:
         expected = self.settings.api_key

@@ -25,6 +25,9 @@
 //   error    {code, message, retryable}, once failed
 //   resumeToken  from the `chat` ack: lets a new connection pick the stream up again
 //   resuming     true between losing the connection (or a reload) and the resume ack
+//   marks    while streaming, per seq: [content, reasoning, refusal length, toolCalls]
+//            as they were before that chunk, for a `retract` to cut back to
+//   retracted  true once the server took chunks back (moderation): the page says so
 
 import { MAX_REQUEST_IMAGE_BYTES } from './images.js';
 
@@ -82,7 +85,7 @@ const RESUME_REFUSALS = new Set(['resume_denied', 'invalid_request']);
 
 // What an answer no longer needs once it has ended.
 function settled(message) {
-  const { doneEarly, gapSince, gapResumes, ...rest } = message;
+  const { doneEarly, gapSince, gapResumes, marks, ...rest } = message;
   return rest;
 }
 
@@ -127,9 +130,11 @@ function withFragment(calls, fragment) {
 // The fields of an answer after appending `pieces` (in seq order) at `now`: reasoning,
 // answer and refusal text, tool calls, and when the reasoning started and ended (at the
 // first piece of anything else).
-function appended(message, pieces, now) {
+function appended(message, pieces, now, marks = null) {
   let { content, reasoning, refusal = '', toolCalls = [], thinkingSince, thinkingMs } = message;
   for (const piece of pieces) {
+    // Where each chunk begins: what a `retract` of it cuts the answer back to.
+    marks?.push([content.length, reasoning.length, refusal.length, toolCalls]);
     if (piece.kind === 'other') continue;
     if (piece.kind === 'reasoning') {
       reasoning += piece.delta;
@@ -174,7 +179,10 @@ export function applyChunk(messages, payload, now = Date.now()) {
       nextSeq += 1;
     }
   }
-  const text = appended(message, pieces, now);
+  // Kept from seq 0 on only (a transcript reloaded mid-answer has none before).
+  const marks = (message.marks?.length ?? 0) === message.nextSeq ? [...(message.marks ?? [])] : null;
+  const text = appended(message, pieces, now, marks);
+  if (marks) text.marks = marks;
   const { doneEarly } = message;
   if (doneEarly && nextSeq >= doneEarly.chunks) {
     // The chunks a `done` that came first was waiting for are all in.
@@ -196,7 +204,7 @@ function drainPending(message, now) {
 // How long the answer reasoned, by the server's clock when its `done` says: from the
 // first text (reasoning comes first) to the first answer text, or to the end when no
 // answer came. The page's own figure counts a dropped connection in.
-function serverThinkingMs(done) {
+export function serverThinkingMs(done) {
   const { ttft_ms: first, answer_ttft_ms: answer, total_ms: total } = done?.timing || {};
   if (typeof first !== 'number') return undefined;
   if (typeof answer === 'number') return Math.max(0, answer - first);
@@ -275,7 +283,32 @@ export function applyError(messages, payload, now = Date.now()) {
   return replaceAt(messages, index, ended(message, 'error', { code, message: text, retryable }, now));
 }
 
-const APPLY = { chunk: applyChunk, done: applyDone, error: applyError };
+/**
+ * The server took back a live answer's chunks from `from_seq` on (its moderation flagged
+ * them; its `done`, with finish_reason "content_filter", follows): the answer keeps what
+ * came before and is marked `retracted`, for the page to say so in their place.
+ */
+export function applyRetract(messages, payload) {
+  const { id, from_seq: from } = payload || {};
+  const index = liveIndex(messages, id);
+  if (index < 0 || !Number.isInteger(from) || from < 0) return messages;
+  const message = messages[index];
+  const pending = Object.fromEntries(Object.entries(message.pending).filter(([seq]) => Number(seq) < from));
+  const next = { ...message, pending, retracted: true };
+  if (from < message.nextSeq) {
+    // Without the chunk's mark (a reloaded tab), all of the text goes.
+    const [content, reasoning, refusal, toolCalls] = message.marks?.[from] ?? [0, 0, 0, []];
+    next.content = message.content.slice(0, content);
+    next.reasoning = message.reasoning.slice(0, reasoning);
+    next.refusal = (message.refusal ?? '').slice(0, refusal);
+    next.toolCalls = toolCalls;
+    next.nextSeq = from;
+    if (message.marks) next.marks = message.marks.slice(0, from);
+  }
+  return replaceAt(messages, index, next);
+}
+
+const APPLY = { chunk: applyChunk, done: applyDone, error: applyError, retract: applyRetract };
 
 /**
  * Apply a batch of buffered socket events: [{type: 'chunk'|'done'|'error', payload,
@@ -563,7 +596,7 @@ const FINISH_WORDS = {
 // answer still streaming its text so far, next seq and resume token, to pick it up again.
 // Images keep their description, never their data: sessionStorage holds ~5 MB a tab.
 export function toStored(messages) {
-  return messages.map(({ pending, resuming, doneEarly, gapSince, gapResumes, ...rest }) => {
+  return messages.map(({ pending, resuming, doneEarly, gapSince, gapResumes, marks, ...rest }) => {
     if (rest.role === 'user') {
       return rest.images ? { ...rest, images: rest.images.map(({ url, ...described }) => described) } : rest;
     }

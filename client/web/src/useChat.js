@@ -1,34 +1,49 @@
 // The chat page's one hook: it owns the socket's listeners (named, registered in one place
-// and removed on cleanup), the transcript and its copy in sessionStorage. Components get
-// what it returns as props.
-import { useCallback, useEffect, useRef, useState } from 'react';
+// and removed on cleanup), the conversations the page holds (conversationState.js) and
+// what the tab keeps of them in sessionStorage. Components get what it returns as props;
+// the sidebar's list hears the socket's conversation events through `events`.
+import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
+import { switchBranch as switchBranchLeaf } from './branches.js';
+import {
+  acknowledge,
+  applySocketEvents,
+  failedLoad,
+  fromSession,
+  keyOf,
+  keyOfRequest,
+  mergeServer,
+  newConversation,
+  noteAllGaps,
+  prepareEdit,
+  prepareRegenerate,
+  prepareSend,
+  storedConversation,
+  toSession,
+  viewOf,
+  withConversation,
+} from './conversationState.js';
+import { getConversation } from './conversationsApi.js';
 import { createFrameBuffer } from './frameBuffer.js';
 import { refusalOf } from './refusal.js';
 import { listen, resumeGaps, socket } from './socket.js';
 import {
   applyError,
-  applyEvents,
-  assistantMessage,
-  dropLastAnswer,
   failGap,
-  fromStored,
-  historyOf,
   isStreaming,
   markResumed,
   nextGapDue,
-  noteGaps,
   resumeRequests,
-  setResumeToken,
   suspendStreaming,
   takeDueGaps,
-  toStored,
-  userMessage,
 } from './streamState.js';
 import { useGapTimer } from './useGapTimer.js';
 
-// sessionStorage, not localStorage: each tab keeps its own conversation across a reload
-// and never sees another tab's.
-const STORAGE_KEY = 'chatstream.transcript.v1';
+// sessionStorage, not localStorage: each tab keeps which conversation it shows (and a
+// chat the server does not store) across a reload, and never another tab's. The
+// conversations themselves are the server's.
+const VIEW_KEY = 'chatstream.view.v1';
+const TRANSCRIPT_KEY = 'chatstream.transcript.v1';
+const LIVE_KEY = 'chatstream.live.v1';
 const ACK_TIMEOUT_MS = 10_000;
 const SAVE_WHILE_STREAMING_MS = 1_000;
 const NO_CHAT_ACK = {
@@ -41,21 +56,41 @@ const NO_RESUME_ACK = {
   message: 'The server did not take up the interrupted answer within 10 s.',
   retryable: true,
 };
+const DELETED_ELSEWHERE = 'That chat was deleted in another tab or window.';
 
-function loadTranscript() {
+function draftKey() {
+  return `draft:${crypto.randomUUID()}`;
+}
+
+function read(key, fallback) {
   try {
-    return fromStored(JSON.parse(sessionStorage.getItem(STORAGE_KEY) ?? '[]'));
+    const raw = sessionStorage.getItem(key);
+    return raw === null ? fallback : JSON.parse(raw);
   } catch {
-    return [];
+    return fallback;
   }
 }
 
-function saveTranscript(messages) {
+function loadSession() {
+  return fromSession(
+    { view: read(VIEW_KEY, null), transcript: read(TRANSCRIPT_KEY, []), live: read(LIVE_KEY, []) },
+    draftKey(),
+  );
+}
+
+function write(key, value, keep) {
+  if (keep) sessionStorage.setItem(key, JSON.stringify(value));
+  else sessionStorage.removeItem(key);
+}
+
+function saveSession(state) {
   try {
-    if (messages.length === 0) sessionStorage.removeItem(STORAGE_KEY);
-    else sessionStorage.setItem(STORAGE_KEY, JSON.stringify(toStored(messages)));
+    const { view, transcript, live } = toSession(state);
+    write(VIEW_KEY, view, view.id !== null || transcript.length > 0);
+    write(TRANSCRIPT_KEY, transcript, transcript.length > 0);
+    write(LIVE_KEY, live, live.length > 0);
   } catch {
-    // Storage full or disabled: the conversation still works, it just won't survive a reload.
+    // Storage full or disabled: the chat still works; a reload shows the stored copy.
   }
 }
 
@@ -64,57 +99,177 @@ function connectionNow() {
   return typeof navigator !== 'undefined' && navigator.onLine === false ? 'offline' : 'connecting';
 }
 
-export function useChat() {
-  const [messages, setMessages] = useState(loadTranscript);
+function anyStreaming(state) {
+  return Object.values(state.conversations).some((c) => isStreaming(c.messages));
+}
+
+function firstGapDue(state) {
+  let due = null;
+  for (const conversation of Object.values(state.conversations)) {
+    const at = nextGapDue(conversation.messages);
+    if (at !== null && (due === null || at < due)) due = at;
+  }
+  return due;
+}
+
+// The state with `update` applied to the messages of the conversation that holds the
+// answer to request `requestId`.
+function routeTo(state, requestId, update) {
+  const key = keyOfRequest(state, requestId);
+  if (key === null) return state;
+  return withConversation(state, key, (c) => {
+    const messages = update(c.messages);
+    return messages === c.messages ? c : { ...c, messages };
+  });
+}
+
+// The state without `left`, a chat the server never stored that the reader has left:
+// there is nothing to come back to (a live answer keeps it).
+function dropLeftDraft(state, left) {
+  if (!left || left.key === state.viewKey || left.id || isStreaming(left.messages)) return state;
+  const { [left.key]: gone, ...conversations } = state.conversations;
+  return { ...state, conversations };
+}
+
+// A conversation the page may add to: not while it loads from scratch, nor once gone.
+function canAddTo(conversation) {
+  if (conversation.status === 'missing') return false;
+  return !(conversation.status === 'loading' || conversation.status === 'partial') || conversation.messages.length > 0;
+}
+
+/**
+ * `events`: {onConversation(payload), onConversationDeleted(id), onStored(id),
+ * onReconnected()}, the socket's conversation events and this tab's own stored
+ * chats, for the sidebar's list.
+ */
+export function useChat(events = {}) {
+  const [state, setState] = useState(loadSession);
   const [connection, setConnection] = useState(connectionNow);
   // Why the server refused the last connection attempt (refusal.js), until one succeeds.
   const [refusal, setRefusal] = useState(null);
-  // The transcript's source of truth, readable synchronously by send/stop/regenerate;
-  // React state mirrors it for rendering.
-  const current = useRef(messages);
+  // Something to say about the conversation in view (it was deleted elsewhere).
+  const [viewNotice, setViewNotice] = useState(null);
+  // The source of truth, readable synchronously by the actions; React state mirrors it.
+  const current = useRef(state);
   const buffer = useRef(null);
+  const outside = useRef(events);
+  useEffect(() => {
+    outside.current = events;
+  });
+  // Fetches of a conversation answer in any order: only the newest started is applied.
+  const fetches = useRef({ issued: 0, applied: new Map() });
 
   const commit = useCallback((next) => {
     // Every change opens or closes the episode of a hole in seq, timed from now.
-    const noted = noteGaps(next, Date.now());
+    const noted = noteAllGaps(next, Date.now());
     if (noted === current.current) return;
     current.current = noted;
-    setMessages(noted);
+    setState(noted);
   }, []);
 
+  // Fetch the stored copy of conversation `key` and take it in (mergeServer).
+  const load = useCallback(
+    (key, keepLeaf) => {
+      const conversation = current.current.conversations[key];
+      if (!conversation?.id) return;
+      fetches.current.issued += 1;
+      const ticket = fetches.current.issued;
+      const settle = (update) => {
+        if (ticket < (fetches.current.applied.get(key) ?? 0)) return;
+        fetches.current.applied.set(key, ticket);
+        buffer.current?.flush();
+        commit(withConversation(current.current, key, update));
+      };
+      getConversation(conversation.id).then(
+        (data) => settle((c) => mergeServer(c, data, { keepLeaf })),
+        (error) => settle((c) => failedLoad(c, error)),
+      );
+    },
+    [commit],
+  );
+
+  const forget = useCallback(
+    (id, notice = null) => {
+      const state = current.current;
+      const key = keyOf(state, id);
+      if (key === null) return;
+      for (const m of state.conversations[key].messages) {
+        // Nobody will read the rest of it.
+        if (m.role === 'assistant' && m.status === 'streaming') socket.emit('stop', { id: m.id });
+      }
+      const { [key]: gone, ...conversations } = state.conversations;
+      let next = { ...state, conversations };
+      if (state.viewKey === key) {
+        const fresh = draftKey();
+        next = { viewKey: fresh, conversations: { ...conversations, [fresh]: newConversation(fresh) } };
+        setViewNotice(notice);
+      }
+      commit(next);
+    },
+    [commit],
+  );
+
   useEffect(() => {
-    const frames = createFrameBuffer((events) => commit(applyEvents(current.current, events)));
+    const frames = createFrameBuffer((batch) => {
+      const { state: next, stored } = applySocketEvents(current.current, batch);
+      commit(next);
+      // The store holds these answers now: its copy replaces the streamed one.
+      const seen = new Set();
+      for (const { key, id } of stored) {
+        if (seen.has(key)) continue;
+        seen.add(key);
+        load(key, true);
+        outside.current.onStored?.(id);
+      }
+    });
     buffer.current = frames;
+    let connectedBefore = false;
 
     function onConnect() {
       setConnection('connected');
       setRefusal(null);
       // Answers cut off by a dropped connection or a reload continue where they stopped:
       // the server keeps them for a grace window and replays the chunks after `after`.
-      for (const { id, token, after } of resumeRequests(current.current)) {
-        socket
-          .timeout(ACK_TIMEOUT_MS)
-          .emitWithAck('resume', { id, token, after })
-          .then((ack) => {
-            frames.flush();
-            if (ack && ack.ok) commit(markResumed(current.current, id));
-            else commit(applyError(current.current, { id, ...(ack && ack.error) }));
-          })
-          .catch(() => {
-            frames.flush();
-            commit(applyError(current.current, { id, ...NO_RESUME_ACK }));
-          });
+      for (const conversation of Object.values(current.current.conversations)) {
+        for (const { id, token, after } of resumeRequests(conversation.messages)) {
+          socket
+            .timeout(ACK_TIMEOUT_MS)
+            .emitWithAck('resume', { id, token, after })
+            .then((ack) => {
+              frames.flush();
+              commit(
+                routeTo(current.current, id, (messages) =>
+                  ack && ack.ok ? markResumed(messages, id) : applyError(messages, { id, ...(ack && ack.error) }),
+                ),
+              );
+            })
+            .catch(() => {
+              frames.flush();
+              commit(routeTo(current.current, id, (messages) => applyError(messages, { id, ...NO_RESUME_ACK })));
+            });
+        }
       }
+      // Back after a drop: what happened meanwhile (other tabs' chats) is fetched again.
+      if (connectedBefore) {
+        outside.current.onReconnected?.();
+        if (current.current.conversations[current.current.viewKey]?.id) load(current.current.viewKey, true);
+      }
+      connectedBefore = true;
     }
     function onDisconnect() {
       frames.flush();
-      commit(
-        suspendStreaming(current.current, {
-          code: 'disconnected',
-          message: 'The connection dropped before the answer finished.',
-          retryable: true,
-        }),
-      );
+      let next = current.current;
+      for (const key of Object.keys(next.conversations)) {
+        next = withConversation(next, key, (c) => {
+          const messages = suspendStreaming(c.messages, {
+            code: 'disconnected',
+            message: 'The connection dropped before the answer finished.',
+            retryable: true,
+          });
+          return messages === c.messages ? c : { ...c, messages };
+        });
+      }
+      commit(next);
       setConnection(socket.active ? 'reconnecting' : 'offline');
     }
     function onConnectError(error) {
@@ -136,6 +291,25 @@ export function useChat() {
     function onError(payload) {
       frames.push({ type: 'error', payload, receivedAt: Date.now() });
     }
+    // The server's moderation took chunks of an answer back (streamState.applyRetract).
+    function onRetract(payload) {
+      frames.push({ type: 'retract', payload, receivedAt: Date.now() });
+    }
+    // Another tab (or this one) of the same owner created or renamed a conversation.
+    function onConversation(payload) {
+      if (!payload || typeof payload.id !== 'string') return;
+      outside.current.onConversation?.(payload);
+      const key = keyOf(current.current, payload.id);
+      if (key === null || typeof payload.title !== 'string') return;
+      commit(
+        withConversation(current.current, key, (c) => (c.title === payload.title ? c : { ...c, title: payload.title })),
+      );
+    }
+    function onConversationDeleted(payload) {
+      if (!payload || typeof payload.id !== 'string') return;
+      outside.current.onConversationDeleted?.(payload.id);
+      forget(payload.id, DELETED_ELSEWHERE);
+    }
     function onBrowserOffline() {
       setConnection('offline');
     }
@@ -151,6 +325,9 @@ export function useChat() {
       chunk: onChunk,
       done: onDone,
       error: onError,
+      retract: onRetract,
+      conversation: onConversation,
+      conversation_deleted: onConversationDeleted,
     });
     window.addEventListener('offline', onBrowserOffline);
     window.addEventListener('online', onBrowserOnline);
@@ -164,22 +341,28 @@ export function useChat() {
       buffer.current = null;
       socket.disconnect();
     };
-  }, [commit]);
+  }, [commit, load, forget]);
+
+  // A reloaded tab shows what it kept at once, then the stored copy.
+  useEffect(() => {
+    const { viewKey, conversations } = current.current;
+    if (conversations[viewKey]?.id) load(viewKey, true);
+  }, [load]);
 
   // Save at once when nothing streams; while an answer streams, at most once a second.
-  const streaming = isStreaming(messages);
+  const streamingAnywhere = anyStreaming(state);
   useEffect(() => {
-    if (!streaming) {
-      saveTranscript(messages);
+    if (!streamingAnywhere) {
+      saveSession(state);
       return undefined;
     }
-    const timer = setTimeout(() => saveTranscript(current.current), SAVE_WHILE_STREAMING_MS);
+    const timer = setTimeout(() => saveSession(current.current), SAVE_WHILE_STREAMING_MS);
     return () => clearTimeout(timer);
-  }, [messages, streaming]);
+  }, [state, streamingAnywhere]);
 
   useEffect(() => {
     function onPageHide() {
-      saveTranscript(current.current);
+      saveSession(current.current);
     }
     window.addEventListener('pagehide', onPageHide);
     return () => window.removeEventListener('pagehide', onPageHide);
@@ -190,56 +373,81 @@ export function useChat() {
   // retryable `lost_chunks` error, and the Retry button.
   const fillGaps = useCallback(() => {
     buffer.current?.flush();
-    const due = takeDueGaps(current.current, Date.now());
-    commit(due.messages);
-    resumeGaps(socket, due.resumes, (id, error) => {
+    let next = current.current;
+    const resumes = [];
+    for (const key of Object.keys(next.conversations)) {
+      next = withConversation(next, key, (c) => {
+        const due = takeDueGaps(c.messages, Date.now());
+        resumes.push(...due.resumes);
+        return due.messages === c.messages ? c : { ...c, messages: due.messages };
+      });
+    }
+    commit(next);
+    resumeGaps(socket, resumes, (id, error) => {
       buffer.current?.flush();
-      commit(failGap(current.current, id, error));
+      commit(routeTo(current.current, id, (messages) => failGap(messages, id, error)));
     });
   }, [commit]);
-  useGapTimer(nextGapDue(messages), fillGaps);
+  useGapTimer(firstGapDue(state), fillGaps);
 
-  // Ask for an answer to `base`, whose last turn is the user's: of `model` (null: the
-  // server's default), with Chat Completions `options` (null: none).
-  const ask = useCallback(
-    (base, { model = null, options = null } = {}) => {
-      const id = crypto.randomUUID();
-      const request = { id, messages: historyOf(base) };
+  // Send the `chat` a plan (conversationState's prepare*) makes, to `model` (null: the
+  // server's default) with Chat Completions `options` (null: none).
+  const start = useCallback(
+    (plan, { model = null, options = null } = {}) => {
+      if (!plan) return false;
+      const { conversation, request, sentIds } = plan;
       if (model) request.model = model;
       if (options) request.options = options;
-      // The answer's state exists before the request leaves: chunks may beat the ack.
-      commit([...base, assistantMessage(id)]);
+      // The answer exists before the request leaves: chunks may beat the ack.
+      commit(withConversation(current.current, conversation.key, () => conversation));
+      setViewNotice(null);
       socket
         .timeout(ACK_TIMEOUT_MS)
         .emitWithAck('chat', request)
         .then((ack) => {
           buffer.current?.flush();
-          if (ack && ack.ok) commit(setResumeToken(current.current, id, ack.resume_token));
-          else commit(applyError(current.current, { id, ...(ack && ack.error) }));
+          const key = keyOfRequest(current.current, request.id);
+          if (key === null) return;
+          if (ack && ack.ok) {
+            commit(withConversation(current.current, key, (c) => acknowledge(c, request.id, ack, sentIds)));
+            if (typeof ack.conversation_id === 'string') outside.current.onStored?.(ack.conversation_id);
+          } else {
+            commit(
+              routeTo(current.current, request.id, (messages) =>
+                applyError(messages, { id: request.id, ...(ack && ack.error) }),
+              ),
+            );
+          }
         })
         .catch(() => {
           buffer.current?.flush();
-          commit(applyError(current.current, { id, ...NO_CHAT_ACK }));
+          const noAck = { id: request.id, ...NO_CHAT_ACK };
+          commit(routeTo(current.current, request.id, (messages) => applyError(messages, noAck)));
         });
+      return true;
     },
     [commit],
   );
 
+  const inView = () => current.current.conversations[current.current.viewKey];
+  const idle = (conversation) => !isStreaming(conversation.messages) && canAddTo(conversation);
+
   // A question: its text and attached images (images.js), asked with `settings`
-  // ({model, options}, see ask).
+  // ({model, options}, see start).
   const send = useCallback(
     (text, images = [], settings = {}) => {
       buffer.current?.flush();
       const content = text.trim();
-      if ((!content && images.length === 0) || isStreaming(current.current)) return false;
-      ask([...current.current, userMessage(crypto.randomUUID(), content, images)], settings);
-      return true;
+      const conversation = inView();
+      if ((!content && images.length === 0) || !idle(conversation)) return false;
+      const ids = { requestId: crypto.randomUUID(), messageId: crypto.randomUUID() };
+      return start(prepareSend(conversation, content, images, ids), settings);
     },
-    [ask],
+    [start],
   );
 
   const stop = useCallback(() => {
-    for (const message of current.current) {
+    for (const message of inView().messages) {
       if (message.role === 'assistant' && message.status === 'streaming') {
         // The server answers with `done` (finish_reason "cancelled") for this id.
         socket.emit('stop', { id: message.id });
@@ -247,22 +455,102 @@ export function useChat() {
     }
   }, []);
 
+  // Another answer to the question of the last answer in view (also its Retry).
   const regenerate = useCallback(
     (settings = {}) => {
       buffer.current?.flush();
-      if (isStreaming(current.current)) return;
-      const base = dropLastAnswer(current.current);
-      if (base.length > 0 && base[base.length - 1].role === 'user') ask(base, settings);
+      const conversation = inView();
+      if (!idle(conversation)) return;
+      const { shown } = viewOf(conversation);
+      const last = shown[shown.length - 1];
+      if (last?.role === 'assistant') start(prepareRegenerate(conversation, last.id, crypto.randomUUID()), settings);
     },
-    [ask],
+    [start],
+  );
+
+  // The question `userId` asked again as `text`: a new branch beside it.
+  const edit = useCallback(
+    (userId, text, settings = {}) => {
+      buffer.current?.flush();
+      const content = text.trim();
+      const conversation = inView();
+      if (!content || !idle(conversation)) return false;
+      const ids = { requestId: crypto.randomUUID(), messageId: crypto.randomUUID() };
+      return start(prepareEdit(conversation, userId, content, ids), settings);
+    },
+    [start],
+  );
+
+  // Show the branch through the sibling `delta` places from message `id`.
+  const switchBranch = useCallback(
+    (id, delta) => {
+      const { viewKey } = current.current;
+      commit(
+        withConversation(current.current, viewKey, (c) => {
+          const leafId = switchBranchLeaf(c.messages, id, delta);
+          return leafId === null || leafId === c.leafId ? c : { ...c, leafId };
+        }),
+      );
+    },
+    [commit],
+  );
+
+  const open = useCallback(
+    (id) => {
+      buffer.current?.flush();
+      setViewNotice(null);
+      let next = current.current;
+      const left = next.conversations[next.viewKey];
+      let key = keyOf(next, id);
+      if (key === null) {
+        key = id;
+        next = { ...next, conversations: { ...next.conversations, [id]: storedConversation(id) } };
+      }
+      next = withConversation({ ...next, viewKey: key }, key, (c) =>
+        c.status === 'partial' || c.status === 'failed' || c.status === 'missing' ? { ...c, status: 'loading' } : c,
+      );
+      commit(dropLeftDraft(next, left));
+      load(key, false);
+    },
+    [commit, load],
   );
 
   const newChat = useCallback(() => {
-    stop();
     buffer.current?.flush();
-    commit([]);
-  }, [commit, stop]);
+    setViewNotice(null);
+    const left = inView();
+    if (left && !left.id && left.messages.length === 0) return;
+    const key = draftKey();
+    const next = { ...current.current, viewKey: key };
+    next.conversations = { ...next.conversations, [key]: newConversation(key) };
+    commit(dropLeftDraft(next, left));
+  }, [commit]);
 
-  const notice = refusal ? refusal.text : null;
-  return { messages, streaming, connection, notice, send, stop, regenerate, newChat };
+  const reload = useCallback(() => load(current.current.viewKey, true), [load]);
+
+  const view = state.conversations[state.viewKey];
+  const { shown, positions } = useMemo(() => viewOf(view), [view]);
+  return {
+    viewKey: state.viewKey,
+    conversationId: view.id,
+    title: view.title,
+    status: view.status,
+    loadError: view.error,
+    viewNotice,
+    messages: shown,
+    positions,
+    streaming: isStreaming(view.messages),
+    canAdd: canAddTo(view),
+    connection,
+    notice: refusal ? refusal.text : null,
+    send,
+    stop,
+    regenerate,
+    edit,
+    switchBranch,
+    open,
+    newChat,
+    forget,
+    reload,
+  };
 }

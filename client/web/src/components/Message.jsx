@@ -1,7 +1,9 @@
-import { memo } from 'react';
+import { memo, useCallback, useId, useState } from 'react';
 import { toolCallState } from '../streamState.js';
 import AnswerMeta from './AnswerMeta.jsx';
+import BranchNav from './BranchNav.jsx';
 import Markdown from './Markdown.jsx';
+import ModerationNotice from './ModerationNotice.jsx';
 import ThinkingBlock from './ThinkingBlock.jsx';
 import ToolCallCard from './ToolCallCard.jsx';
 
@@ -57,19 +59,103 @@ function Refusal({ text }) {
   );
 }
 
+/** A question asked again: its text in a box, Save sends it as a new branch. */
+function EditBox({ initial, onSave, onCancel }) {
+  const [text, setText] = useState(initial);
+  const inputId = useId();
+  const submit = (event) => {
+    event.preventDefault();
+    if (text.trim() !== '') onSave(text);
+  };
+  const onKeyDown = (event) => {
+    if (event.key === 'Escape') onCancel();
+    else if (event.key === 'Enter' && !event.shiftKey && !event.nativeEvent.isComposing) submit(event);
+  };
+  return (
+    <form className="edit-box" onSubmit={submit} data-testid="edit-form">
+      <label className="visually-hidden" htmlFor={inputId}>
+        Edit your message
+      </label>
+      <textarea
+        id={inputId}
+        value={text}
+        rows={Math.min(8, text.split('\n').length + 1)}
+        onChange={(event) => setText(event.target.value)}
+        onKeyDown={onKeyDown}
+        data-testid="edit-input"
+        autoFocus
+      />
+      <div className="edit-actions">
+        <button type="button" className="button ghost small" onClick={onCancel} data-testid="edit-cancel">
+          Cancel
+        </button>
+        <button type="submit" className="button primary small" disabled={text.trim() === ''} data-testid="edit-save">
+          Send
+        </button>
+      </div>
+    </form>
+  );
+}
+
+function UserMessage({ message, branchIndex, branchCount, onSwitchBranch, onEdit }) {
+  const [editing, setEditing] = useState(false);
+  const save = useCallback(
+    (text) => {
+      if (onEdit(message.id, text) !== false) setEditing(false);
+    },
+    [onEdit, message.id],
+  );
+  // The question's own element holds its text alone; its tools sit beside it.
+  return (
+    <div className="user-turn" data-testid="user-turn">
+      {editing && onEdit ? (
+        <EditBox initial={message.content} onSave={save} onCancel={() => setEditing(false)} />
+      ) : (
+        <article className="message user" data-testid="message-user" aria-label="You">
+          <div className="bubble">
+            {message.images?.length > 0 && <UserImages images={message.images} />}
+            {message.content}
+          </div>
+        </article>
+      )}
+      {!editing && (branchCount > 1 || onEdit) && (
+        <div className="message-tools">
+          {branchCount > 1 && (
+            <BranchNav id={message.id} index={branchIndex} count={branchCount} onSwitch={onSwitchBranch} />
+          )}
+          {onEdit && (
+            <button
+              type="button"
+              className="button ghost small edit-button"
+              onClick={() => setEditing(true)}
+              aria-label="Edit message"
+              title="Edit message"
+              data-testid="edit"
+            >
+              Edit
+            </button>
+          )}
+        </div>
+      )}
+    </div>
+  );
+}
+
 /**
  * One turn. Memoized: a finished message keeps its identity in the transcript, so it is
- * not rendered (or its markdown parsed) again while a newer answer streams.
+ * not rendered (or its markdown parsed) again while a newer answer streams. A turn with
+ * siblings (another answer to the same question, a question edited) shows ‹ 2/3 ›.
  */
-function Message({ message, onRegenerate, onRetry }) {
+function Message({ message, onRegenerate, onRetry, branchIndex = 1, branchCount = 1, onSwitchBranch, onEdit }) {
   if (message.role === 'user') {
     return (
-      <article className="message user" data-testid="message-user" aria-label="You">
-        <div className="bubble">
-          {message.images?.length > 0 && <UserImages images={message.images} />}
-          {message.content}
-        </div>
-      </article>
+      <UserMessage
+        message={message}
+        branchIndex={branchIndex}
+        branchCount={branchCount}
+        onSwitchBranch={onSwitchBranch}
+        onEdit={onEdit}
+      />
     );
   }
   const { status, reasoning = '', refusal = '', toolCalls = [] } = message;
@@ -107,6 +193,7 @@ function Message({ message, onRegenerate, onRetry }) {
           message.content !== '' && <Markdown text={message.content} testId="answer-text" />
         )}
         {refusal !== '' && <Refusal text={refusal} />}
+        <ModerationNotice message={message} />
         {toolCalls.map((call) => (
           <ToolCallCard key={call.index} call={call} state={callState} />
         ))}
@@ -121,10 +208,13 @@ function Message({ message, onRegenerate, onRetry }) {
           </p>
         )}
         {status === 'error' && <ErrorNotice error={message.error} onRetry={onRetry} />}
-        {status === 'done' && (
+        {(status === 'done' || branchCount > 1) && (
           <div className="answer-foot">
-            <AnswerMeta done={message.done} />
-            {onRegenerate && (
+            {branchCount > 1 && (
+              <BranchNav id={message.id} index={branchIndex} count={branchCount} onSwitch={onSwitchBranch} />
+            )}
+            {status === 'done' && <AnswerMeta done={message.done} />}
+            {status === 'done' && onRegenerate && (
               <button type="button" className="button ghost small" onClick={onRegenerate} data-testid="regenerate">
                 ↻ Regenerate
               </button>

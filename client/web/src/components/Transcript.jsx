@@ -5,10 +5,19 @@ import Message from './Message.jsx';
 const STICK_PX = 48;
 
 /**
- * The conversation, scrolled to follow a streaming answer until the reader scrolls up;
+ * The branch in view of the conversation, scrolled to follow a streaming answer until the reader scrolls up;
  * scrolling back to the bottom (or the jump button) resumes following.
  */
-export default function Transcript({ messages, streaming, onRegenerate, onRetry, children }) {
+export default function Transcript({
+  messages,
+  positions,
+  streaming,
+  onRegenerate,
+  onRetry,
+  onSwitchBranch,
+  onEdit,
+  children,
+}) {
   const scroller = useRef(null);
   const follow = useRef(true);
   const [showJump, setShowJump] = useState(false);
@@ -44,12 +53,17 @@ export default function Transcript({ messages, streaming, onRegenerate, onRetry,
         {count === 0 && children}
         {messages.map((message) => {
           const isLast = message === last && message.role === 'assistant';
+          const position = positions?.get(message.id);
           return (
             <Message
               key={message.id}
               message={message}
               onRegenerate={isLast && !streaming ? onRegenerate : undefined}
               onRetry={isLast && message.status === 'error' ? onRetry : undefined}
+              branchIndex={position?.index}
+              branchCount={position?.count}
+              onSwitchBranch={onSwitchBranch}
+              onEdit={message.role === 'user' && !streaming ? onEdit : undefined}
             />
           );
         })}

@@ -232,7 +232,8 @@ export function usePanes(initialCount = 4) {
       const messages = [{ role: 'user', content: prompt }];
       link.socket
         .timeout(ACK_TIMEOUT_MS)
-        .emitWithAck('chat', { id, messages })
+        // A demonstration, not a conversation to keep: nothing goes in the store.
+        .emitWithAck('chat', { id, messages, store: false })
         .then((ack) => {
           if (ack && ack.ok) {
             // The token lets the pane ask again for chunks lost on the way.
