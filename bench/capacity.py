@@ -56,6 +56,7 @@ from .common import (
 from .loadgen import Generators, Job
 from .procstat import status_kb
 from .servers import (
+    DEFAULT_TARGETS,
     TARGETS,
     UPSTREAM_KEY,
     UPSTREAM_MODEL,
@@ -479,7 +480,7 @@ def _print_level(name: str, level: dict[str, Any], keys: tuple[str, ...]) -> Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS))
     parser.add_argument("--levels", help="comma-separated stream counts")
     parser.add_argument("--series", help=f"comma-separated, of {', '.join(SERIES)}")
     parser.add_argument(

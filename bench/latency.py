@@ -30,6 +30,7 @@ from .common import (
 from .loadgen import Job
 from .procstat import median
 from .servers import (
+    DEFAULT_TARGETS,
     TARGETS,
     UPSTREAM_KEY,
     UPSTREAM_MODEL,
@@ -156,7 +157,7 @@ def direct_client(kind: str) -> str:
     """The baseline's client for a target read by ``kind``: ``AsyncOpenAI``, except
     for a target that speaks OpenAI's API itself, read by the same raw HTTP reader
     both ways so that only the relay differs."""
-    return "openai-http" if kind == "openai-http" else "openai"
+    return "openai-http" if kind in ("openai-http", "responses-http") else "openai"
 
 
 def compare(direct: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
@@ -252,7 +253,7 @@ def print_figures(result: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS))
     args = parser.parse_args()
     unwind_on_signals()
     config = QUICK_LATENCY if args.quick else LatencyConfig()

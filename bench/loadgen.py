@@ -1,6 +1,6 @@
 """The load generator: lean asyncio clients in their own processes.
 
-Four kinds of client, one stream at a time each:
+Five kinds of client, one stream at a time each:
 
 - ``sio``: Socket.IO v5 over Engine.IO v4 on a raw WebSocket (the relay and the
   Socket.IO peers), offering permessage-deflate as browsers do. A python-socketio
@@ -13,6 +13,9 @@ Four kinds of client, one stream at a time each:
   counts where ``AsyncOpenAI`` (~100 µs per chunk) would saturate the generators,
   and the client of the relay's own OpenAI-compatible transport (``*-sse`` relay
   targets), whose stream is the same work to read.
+- ``responses-http``: that reader for the relay's Responses API (``POST
+  /v1/responses``, the ``*-responses`` relay targets): each
+  ``response.output_text.delta`` event's text, to ``response.completed``.
 
 Each process (``Generator``) runs its share of the clients and reports, for the
 streams started inside the measurement window, per-token arrival times turned into
@@ -45,7 +48,7 @@ CONNECT_DEADLINE = 90.0
 class Job:
     """What one generator process does in one phase."""
 
-    kind: str  # "sio", "sse", "openai" or "openai-http"
+    kind: str  # "sio", "sse", "openai", "openai-http" or "responses-http"
     url: str  # the target's base URL (for "openai*", the /v1 base URL)
     slots: int  # concurrent client slots in this process
     mode: str  # "sustained", "burst" or "idle"
@@ -105,6 +108,17 @@ def source_address(slot: int) -> str:
     return f"127.0.{1 + slot // 250}.{1 + slot % 250}"
 
 
+def owner_cookie(owner_id: str) -> str:
+    """The owner cookie of an anonymous browser named ``owner_id``, signed as the
+    relay under test signs it (bench/servers.py)."""
+    from itsdangerous import URLSafeSerializer
+
+    from .servers import OWNER_SECRET
+
+    value = URLSafeSerializer(OWNER_SECRET, salt="chatstream.owner").dumps(owner_id)
+    return f"chatstream_owner={value}"
+
+
 class SioClient:
     """One Socket.IO connection to the default namespace, raw Engine.IO v4 frames.
 
@@ -140,6 +154,8 @@ class SioClient:
             open_timeout=30,
             max_queue=None,
             local_addr=self.local_addr,
+            # A browser's owner cookie: the relay keeps this client's chats.
+            additional_headers={"Cookie": owner_cookie(self.local_addr[0])},
         )
         extensions = self.ws.response.headers.get("Sec-WebSocket-Extensions") or ""
         self.deflate = "permessage-deflate" in extensions
@@ -397,11 +413,13 @@ class OpenAIHttpClient(_HttpStreaming):
     reply, each event's ``data:`` its last field (the relay writes ``id:`` first).
     """
 
+    endpoint = "/chat/completions"
+
     def __init__(self, url: str, slot: int = 0, api_key: str = "unused"):
         self.local_addr = (source_address(slot), 0)
         parts = urlsplit(url)
         self.host, self.port = parts.hostname, parts.port
-        self.path = parts.path.rstrip("/") + "/chat/completions"
+        self.path = parts.path.rstrip("/") + self.endpoint
         self.models = parts.path.rstrip("/") + "/models"
         self.api_key = api_key
         self.reader: asyncio.StreamReader | None = None
@@ -458,14 +476,7 @@ class OpenAIHttpClient(_HttpStreaming):
         kept = await self._open()
         assert self.writer is not None
         fields = {"model": job.model} if job.model else {}
-        body = json.dumps(
-            {
-                **fields,
-                "messages": [{"role": "user", "content": job.prompt}],
-                "stream": True,
-                "max_tokens": job.max_tokens,
-            }
-        ).encode()
+        body = json.dumps({**fields, **self._request(job)}).encode()
         request = self._head("POST", self.path, len(body)) + body
         record.start = time.monotonic()
         self.writer.write(request)
@@ -513,16 +524,28 @@ class OpenAIHttpClient(_HttpStreaming):
                     if field < 0:
                         continue
                     payload = event[field + 6 :].strip()
-                if payload == b"[DONE]":
-                    record.finish, record.end = "done", now
-                    continue
-                choices = loads(payload).get("choices")
-                if choices:
-                    content = (choices[0].get("delta") or {}).get("content")
-                    if content:
-                        record.text_event(now, content)
+                self._read(payload, record, now, loads)
         if record.finish is None:
             record.finish, record.end = "closed", monotonic()
+
+    def _request(self, job: Job) -> dict[str, Any]:
+        return {
+            "messages": [{"role": "user", "content": job.prompt}],
+            "stream": True,
+            "max_tokens": job.max_tokens,
+        }
+
+    @staticmethod
+    def _read(payload: bytes, record: StreamRecord, now: float, loads: Any) -> None:
+        """One event's ``data``: its text, or the stream's end."""
+        if payload == b"[DONE]":
+            record.finish, record.end = "done", now
+            return
+        choices = loads(payload).get("choices")
+        if choices:
+            content = (choices[0].get("delta") or {}).get("content")
+            if content:
+                record.text_event(now, content)
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -530,7 +553,34 @@ class OpenAIHttpClient(_HttpStreaming):
             self.writer = None
 
 
+class ResponsesHttpClient(OpenAIHttpClient):
+    """The same reader for the Responses API (``POST /v1/responses``): the text of
+    each ``response.output_text.delta`` event, to ``response.completed``."""
+
+    endpoint = "/responses"
+
+    def _request(self, job: Job) -> dict[str, Any]:
+        return {
+            "input": job.prompt,
+            "stream": True,
+            "max_output_tokens": job.max_tokens,
+        }
+
+    @staticmethod
+    def _read(payload: bytes, record: StreamRecord, now: float, loads: Any) -> None:
+        event = loads(payload)
+        kind = event.get("type")
+        if kind == "response.output_text.delta":
+            if event["delta"]:
+                record.text_event(now, event["delta"])
+        elif kind in ("response.completed", "response.incomplete"):
+            record.finish, record.end = "done", now
+        elif kind == "response.failed":
+            record.finish, record.end = event["response"]["error"]["code"], now
+
+
 CLIENTS = {"sio": SioClient, "sse": SseClient, "openai": OpenAIClient}
+HTTP_READERS = {"openai-http": OpenAIHttpClient, "responses-http": ResponsesHttpClient}
 
 
 # -- one process's phase ---------------------------------------------------------------
@@ -555,8 +605,9 @@ async def _phase(job: Job, conn: Any) -> dict[str, Any]:
     slots = range(job.first_slot, job.first_slot + job.slots)
     if job.kind == "openai":
         clients = [OpenAIClient(job.url, job.api_key) for _ in slots]
-    elif job.kind == "openai-http":
-        clients = [OpenAIHttpClient(job.url, slot, job.api_key) for slot in slots]
+    elif job.kind in HTTP_READERS:
+        reader = HTTP_READERS[job.kind]
+        clients = [reader(job.url, slot, job.api_key) for slot in slots]
     else:
         clients = [CLIENTS[job.kind](job.url, slot) for slot in slots]
     failures: list[str] = []

@@ -25,14 +25,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import capacity, cluster, latency
+from . import capacity, cluster, latency, moderation
 from .common import verdict
-from .servers import ROOT, TARGETS, Upstream, target_name, unwind_on_signals
+from .servers import (
+    DEFAULT_TARGETS,
+    ROOT,
+    TARGETS,
+    Upstream,
+    parse_target,
+    target_name,
+    unwind_on_signals,
+)
 
 RESULTS = ROOT / "bench" / "results"
 # The relay in the default async mode. (Its SSE transport's latency too would add
 # ~16 s, taking quick past 2 minutes: `--quick --targets relay-gevent-sse`.)
 QUICK_LATENCY_TARGETS = ["relay-gevent"]
+# The relay moderating every answer (keywords, hold mode), for its cost against
+# relay-gevent: `--targets relay-gevent,relay-gevent-moderated --levels 100`.
+MODERATED = "relay-gevent-moderated"
 # The relay over Socket.IO and over its SSE transport, the Python Socket.IO
 # reference and an SSE peer: every client kind.
 QUICK_CAPACITY_TARGETS = ["relay-gevent", "relay-gevent-sse", "sio-asgi", "fastapi-sse"]
@@ -142,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.quick:
         lat_targets, cap_targets = QUICK_LATENCY_TARGETS, QUICK_CAPACITY_TARGETS
     else:
-        lat_targets = cap_targets = list(TARGETS)
+        lat_targets = cap_targets = list(DEFAULT_TARGETS)
     for name in lat_targets + cap_targets:
         if name not in TARGETS:
             parser.error(f"unknown target {name!r}")
@@ -197,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
             keep()
     if not (args.quick or args.skip_capacity or args.targets):
         results["cluster"] = cluster.run(cluster.ClusterConfig(), log)
+    if MODERATED in {parse_target(name)[0] for name in lat_targets + cap_targets}:
+        # The moderated target's other figure: a remote moderator's calls per answer.
+        log("moderation: calls per answer")
+        config = moderation.ModerationConfig(answers=4 if args.quick else 20)
+        results["moderation"] = moderation.measure(config, log)
     results["meta"]["duration_s"] = round(time.time() - started, 1)
     results["invalid"] = invalid_runs(results)
 
@@ -239,6 +255,8 @@ def invalid_runs(results: dict[str, Any]) -> list[str]:
 def print_figures(results: dict[str, Any]) -> None:
     for result in results["latency"].values():
         latency.print_figures(result)
+    if results.get("moderation"):
+        moderation.print_figures(results["moderation"])
     if results.get("direct"):
         capacity.print_direct(results["direct"])
     for result in results["capacity"].values():

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,9 @@ from .procstat import children
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "bench" / "results" / "logs"
 UPSTREAM_KEY = "sk-bench-not-a-secret"
+# Signs the load generator's owner cookies, so that the relay keeps every client's
+# chats in its conversation store as it keeps a browser's (bench/loadgen.py).
+OWNER_SECRET = "bench-owner-secret"
 # The model the relay's openai provider asks the test server for, as the direct
 # clients do.
 UPSTREAM_MODEL = "test-model"
@@ -38,6 +42,10 @@ def unwind_on_signals() -> None:
 
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
+
+
+def _scratch() -> str:
+    return tempfile.mkdtemp(prefix="chatstream-bench-")
 
 
 def free_port() -> int:
@@ -176,6 +184,15 @@ class Upstream(Server):
         self.base_url = self.url + "/v1"
 
 
+# The relay with keyword moderation in hold mode (app/moderation): words the test
+# server never says, so that every answer is checked and held, and none is cut.
+MODERATED = {
+    "MODERATION": "keywords",
+    "MODERATION_KEYWORDS": "zorblax,grimthorpe,forbidden phrase",
+    "MODERATION_MODE": "hold",
+}
+
+
 # The relay and the peers, each as the process that runs it. ``demo`` pacing is
 # given by DEMO_TTFT / DEMO_TOKENS_PER_SECOND; without it they call the upstream.
 # ``kind`` is the load generator's client; ``path``, where that client is pointed.
@@ -192,11 +209,32 @@ TARGETS = {
         "async_mode": "gevent",
         "path": "/v1",
     },
+    # Over its Responses API (POST /v1/responses, stream: true), read by the same
+    # raw reader.
+    "relay-gevent-responses": {
+        "kind": "responses-http",
+        "server": "relay",
+        "async_mode": "gevent",
+        "path": "/v1",
+    },
+    # Moderated: every answer checked by keywords in hold mode (app/moderation), none
+    # of which the test server's answers hold. Not in the default run: name it.
+    "relay-gevent-moderated": {
+        "kind": "sio",
+        "server": "relay",
+        "async_mode": "gevent",
+        "env": MODERATED,
+        "default": False,
+    },
     "fastapi-sse": {"kind": "sse", "server": "uvicorn", "app": "fastapi_sse"},
     "flask-stream": {"kind": "sse", "server": "gthread", "app": "flask_stream"},
     "naive-sio": {"kind": "sio", "server": "eventlet", "app": "naive_socketio"},
     "sio-asgi": {"kind": "sio", "server": "uvicorn", "app": "python_socketio_asgi"},
 }
+
+
+# What a run without --targets measures.
+DEFAULT_TARGETS = [name for name, spec in TARGETS.items() if spec.get("default", True)]
 
 
 def target_name(base: str, coalesce_ms: int | None) -> str:
@@ -222,8 +260,10 @@ def start_target(
     upstream: Upstream | None,
     demo: tuple[float, float] | None,
     connections: int,
+    extra_env: dict[str, str] | None = None,
 ) -> Server:
-    """Start a target in front of ``upstream``, or on its paced demo source.
+    """Start a target in front of ``upstream``, or on its paced demo source;
+    ``extra_env`` adds to a relay's environment.
 
     ``connections`` sizes the thread pools of thread-per-connection servers.
     """
@@ -257,12 +297,16 @@ def start_target(
         env |= {
             "ASYNC_MODE": spec["async_mode"],
             "SYSTEM_PROMPT": "",
+            # A store of its own for each run, outside the repository.
+            "DATABASE_URL": f"sqlite:///{_scratch()}/conversations-{port}.db",
+            "OWNER_SECRET": OWNER_SECRET,
             "WORKER_CONNECTIONS": worker_connections,
             # Each client has its own address (loadgen.source_address), so the
             # per-user limits apply per client; this only keeps a fast quick-mode
             # client under the per-minute cap.
             "CHATS_PER_MINUTE": "600",
         }
+        env |= spec.get("env", {}) | (extra_env or {})
         if coalesce_ms is not None:
             env["COALESCE_WINDOW_MS"] = str(coalesce_ms)
         args = gunicorn + ["-c", "deploy/gunicorn.conf.py", "wsgi:app"]
