@@ -102,6 +102,18 @@ def check_model(model: Any, limits: Limits, request_id: str | None = None) -> st
     return model
 
 
+def check_offered(model: Any, limits: Limits) -> str:
+    """An HTTP body's ``model``, as ``check_model`` reads it, but a model that is
+    not offered is ``model_not_found``: the code OpenAI's SDKs read as a 404."""
+    if model is not None and (not isinstance(model, str) or model not in limits.models):
+        raise ProtocolError(
+            "model_not_found",
+            f"model: {model!r} is not offered; choose one of "
+            + ", ".join(repr(m) for m in limits.models),
+        )
+    return check_model(model, limits)
+
+
 def check_messages(
     raw: Any, limits: Limits, request_id: str | None = None
 ) -> list[dict[str, Any]]:

@@ -26,7 +26,6 @@ from flask import (
     jsonify,
     request,
 )
-from werkzeug.exceptions import HTTPException
 
 from .conversations import History
 from .errors import ProtocolError
@@ -34,7 +33,7 @@ from .history import Conversation
 from .history.content import BLOB_SCHEME
 from .history.models import ID_LENGTH
 from .history.store import MAX_PAGE
-from .http_transport import client, cors, failed, preflight, refused
+from .http_transport import answer_errors, client, cors, preflight
 from .openai_format import read_json
 
 bp = Blueprint("conversations_api", __name__)
@@ -92,16 +91,7 @@ def _history() -> History:
 # -- errors and headers ----------------------------------------------------------------
 
 
-@bp.errorhandler(ProtocolError)
-def _refused(exc: ProtocolError) -> Response:
-    return refused(exc)
-
-
-@bp.errorhandler(Exception)
-def _failed(exc: Exception) -> Response | HTTPException:
-    if isinstance(exc, HTTPException):
-        return exc
-    return failed(exc)
+answer_errors(bp)
 
 
 @bp.after_request

@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from flask import Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from . import socketio
 from .auth import Unauthorized, identify
@@ -197,6 +198,20 @@ def failed(exc: Exception) -> Response:
     went wrong goes to the log only."""
     log.exception("%s %s failed", request.method, request.path, exc_info=exc)
     return refused(ProtocolError("internal", "the server failed; see its log"))
+
+
+def answer_errors(bp: Blueprint) -> None:
+    """Answer what ``bp``'s views raise in OpenAI's error shape: a refusal with its
+    code's status, any other fault as ``internal`` (Flask's own HTTP errors as they
+    are)."""
+    bp.register_error_handler(ProtocolError, refused)
+    bp.register_error_handler(Exception, _fault)
+
+
+def _fault(exc: Exception) -> Response | HTTPException:
+    if isinstance(exc, HTTPException):
+        return exc
+    return failed(exc)
 
 
 def preflight(headers: str) -> Response:

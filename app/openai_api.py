@@ -35,13 +35,13 @@ from .http_transport import (
     HttpConnection,
     SseBody,
     WholeBody,
+    answer_errors,
     as_error,
     attach,
     client,
     collect,
     cors,
     event_stream,
-    failed,
     preflight,
     refused,
     relay,
@@ -62,16 +62,7 @@ STREAM_ID_HEADER = "Chatstream-Stream-Id"
 RESUME_TOKEN_HEADER = "Chatstream-Resume-Token"
 
 
-@bp.errorhandler(ProtocolError)
-def _refused(exc: ProtocolError) -> Response:
-    return refused(exc)
-
-
-@bp.errorhandler(Exception)
-def _failed(exc: Exception) -> Response | HTTPException:
-    if isinstance(exc, HTTPException):
-        return exc
-    return failed(exc)
+answer_errors(bp)
 
 
 @bp.app_errorhandler(404)

@@ -17,7 +17,7 @@ from .chat_request import (
     ChatRequest,
     Limits,
     check_messages,
-    check_model,
+    check_offered,
     check_params,
 )
 from .errors import ProtocolError, text_error
@@ -107,17 +107,11 @@ def parse_body(data: Any, limits: Limits) -> Body:
     if options is not None and not isinstance(options, dict):
         raise ProtocolError("invalid_request", "stream_options: must be an object")
     usage = _flag(options or {}, "include_usage", "stream_options.")
-    model = data.get("model")
-    if model is not None and (not isinstance(model, str) or model not in limits.models):
-        raise ProtocolError(
-            "model_not_found",
-            f"model: {model!r} is not offered; choose one of "
-            + ", ".join(repr(m) for m in limits.models),
-        )
+    model = check_offered(data.get("model"), limits)
     chat = ChatRequest(
         id=new_id(),
         messages=check_messages(data.get("messages"), limits),
-        model=check_model(model, limits),
+        model=model,
         params=check_params(
             {k: v for k, v in data.items() if k not in _OWN_FIELDS}, limits
         ),

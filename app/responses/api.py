@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
 
 from ..auth import may_resume
 from ..chat_request import ChatRequest
@@ -36,16 +35,15 @@ from ..http_transport import (
     HttpConnection,
     SseBody,
     WholeBody,
+    answer_errors,
     as_error,
     attach,
     client,
     collect,
     cors,
     event_stream,
-    failed,
     new_sid,
     preflight,
-    refused,
     relay,
 )
 from ..openai_format import read_json
@@ -69,16 +67,7 @@ def _ids() -> ResponseIds:
     return current_app.extensions["response_ids"]
 
 
-@bp.errorhandler(ProtocolError)
-def _refused(exc: ProtocolError) -> Response:
-    return refused(exc)
-
-
-@bp.errorhandler(Exception)
-def _failed(exc: Exception) -> Response | HTTPException:
-    if isinstance(exc, HTTPException):
-        return exc
-    return failed(exc)
+answer_errors(bp)
 
 
 @bp.after_request

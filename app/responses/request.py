@@ -38,7 +38,7 @@ from ..chat_request import (
     ChatRequest,
     Limits,
     check_messages,
-    check_model,
+    check_offered,
     check_params,
     check_text,
 )
@@ -121,13 +121,7 @@ def parse_body(data: Any, limits: Limits) -> Body:
     previous = data.get("previous_response_id")
     if previous is not None:
         check_text(previous, "previous_response_id")
-    model = data.get("model")
-    if model is not None and (not isinstance(model, str) or model not in limits.models):
-        raise ProtocolError(
-            "model_not_found",
-            f"model: {model!r} is not offered; choose one of "
-            + ", ".join(repr(m) for m in limits.models),
-        )
+    model = check_offered(data.get("model"), limits)
     include = _include(data.get("include"))
     messages = _Input(limits).messages(data.get("instructions"), data.get("input"))
     # The fields passed on, checked as the Chat Completions path checks them (their
@@ -139,7 +133,7 @@ def parse_body(data: Any, limits: Limits) -> Body:
     chat = ChatRequest(
         id=new_response_id(),
         messages=messages,
-        model=check_model(model, limits),
+        model=model,
         params=upstream,
         survives_disconnect=background,
     )
