@@ -229,7 +229,7 @@ def test_a_new_conversation_appears_on_the_owners_other_tabs_only(
     alice.wait(lambda c: c.notices)
     stranger.chat("ping", f"ping {fresh()}")
     stranger.wait_end("ping")
-    assert stranger.notices == [] or all(
+    assert all(
         summary["id"] != ack["conversation_id"] for _, summary in stranger.notices
     )
 
