@@ -117,11 +117,11 @@ def _open_history(config: Mapping[str, Any]) -> Any:
     None when ``HISTORY`` is off."""
     if not config["HISTORY"]:
         return None
-    from .blocking import Offload
+    from .blocking import POOL_SIZE, Offload
     from .conversations import History
     from .history import Store
 
-    store = Store.open(config["DATABASE_URL"])
+    store = Store.open(config["DATABASE_URL"], pool_size=POOL_SIZE)
     return History(store, Offload(config["ASYNC_MODE"]), socketio)
 
 

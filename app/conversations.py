@@ -16,6 +16,7 @@ answer once when it ends, never per chunk: the live part is in the resume buffer
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -70,6 +71,8 @@ class Turn:
     model: str
     # Set once the new messages are written: only then is the answer.
     written: bool = field(default=False)
+    # Set when their write has ended, written or not (None: never begun).
+    settled: threading.Event | None = field(default=None)
 
     @property
     def answer_parent(self) -> str | None:
@@ -90,9 +93,13 @@ class History:
     def __init__(self, store: Store, offload: Offload, socketio: SocketIO):
         self.store = store
         self.socketio = socketio
+        sqlite = store.dialect == "sqlite"
         # PostgreSQL's driver waits cooperatively under gevent and eventlet; SQLite's
         # blocks its thread.
-        self._offload = offload if store.dialect == "sqlite" else None
+        self._offload = offload if sqlite else None
+        # SQLite takes one writer at a time: the others wait their turn here, not in
+        # its busy handler, which sleeps up to 100 ms between tries.
+        self._writer = threading.Lock() if sqlite else None
 
     def call(
         self,
@@ -102,6 +109,34 @@ class History:
         **kwargs: Any,
     ) -> T:
         """``method(*args, **kwargs)`` of the store, its failures as protocol errors."""
+        return self._call(method, args, kwargs, request_id)
+
+    def change(
+        self,
+        method: Callable[..., T],
+        *args: Any,
+        request_id: str | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """As ``call``, for a method that writes."""
+        if self._writer is None:
+            return self._call(method, args, kwargs, request_id)
+        # A turn no longer than the database's own wait: a writer stuck on a lock
+        # held outside fails, and so does each one queued behind it, in that time.
+        if not self._writer.acquire(timeout=self.store.timeout):
+            raise _unavailable(request_id)
+        try:
+            return self._call(method, args, kwargs, request_id)
+        finally:
+            self._writer.release()
+
+    def _call(
+        self,
+        method: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        request_id: str | None,
+    ) -> T:
         try:
             if self._offload is not None:
                 return self._offload.run(method, *args, **kwargs)
@@ -112,18 +147,10 @@ class History:
             raise ProtocolError("invalid_request", str(exc), request_id) from None
         except StoreError as exc:
             log.warning("conversation store failed: %s", exc)
-            raise ProtocolError(
-                "history_unavailable",
-                "the conversation store is unavailable; retry shortly",
-                request_id,
-            ) from None
+            raise _unavailable(request_id) from None
         except Exception:
             log.exception("conversation store failed")
-            raise ProtocolError(
-                "history_unavailable",
-                "the conversation store is unavailable; retry shortly",
-                request_id,
-            ) from None
+            raise _unavailable(request_id) from None
 
     # -- what the REST API reads and changes ----------------------------------------
 
@@ -138,12 +165,12 @@ class History:
         return self.call(self.store.summary, owner, conversation_id)
 
     def rename(self, owner: str, conversation_id: str, title: str) -> Conversation:
-        conversation = self.call(self.store.rename, owner, conversation_id, title)
+        conversation = self.change(self.store.rename, owner, conversation_id, title)
         self.announce(conversation)
         return conversation
 
     def delete(self, owner: str, conversation_id: str) -> None:
-        self.call(self.store.delete, owner, conversation_id)
+        self.change(self.store.delete, owner, conversation_id)
         self.socketio.emit(
             "conversation_deleted", {"id": conversation_id}, to=room(owner)
         )
@@ -152,7 +179,7 @@ class History:
         return self.call(self.store.export, owner, conversation_id, format)
 
     def import_json(self, owner: str, document: str | bytes) -> Conversation:
-        conversation = self.call(self.store.import_json, owner, document)
+        conversation = self.change(self.store.import_json, owner, document)
         self.announce(conversation)
         return conversation
 
@@ -234,40 +261,22 @@ class History:
 
     def write_turn(self, turn: Turn, request_id: str) -> None:
         """Write the client's new messages (and the conversation, when new)."""
-        self.call(self._write_turn, turn, request_id=request_id)
+        conversation = self.change(
+            self.store.add_turn,
+            turn.owner,
+            turn.conversation_id,
+            turn.parent_id,
+            [
+                (message_id, message["role"], _content(message), _fields(message))
+                for message_id, message in turn.messages
+            ],
+            new=turn.new,
+            model=turn.model,
+            request_id=request_id,
+        )
         turn.written = True
         if turn.new:
-            self.announce(
-                self.call(
-                    self.store.summary,
-                    turn.owner,
-                    turn.conversation_id,
-                    request_id=request_id,
-                )
-            )
-
-    def _write_turn(self, turn: Turn) -> None:
-        if turn.new:
-            self.store.create_conversation(
-                turn.owner, turn.model, id=turn.conversation_id
-            )
-        parent = turn.parent_id
-        for message_id, message in turn.messages:
-            fields = {}
-            if message.get("tool_call_id"):
-                fields["tool_call_id"] = message["tool_call_id"]
-            if message.get("tool_calls"):
-                fields["tool_calls"] = message["tool_calls"]
-            self.store.add_message(
-                turn.owner,
-                turn.conversation_id,
-                parent,
-                message["role"],
-                message["content"] if message["content"] is not None else "",
-                id=message_id,
-                **fields,
-            )
-            parent = message_id
+            self.announce(conversation)
 
     def write_answer(self, turn: Turn, stream: Stream, event: str, payload: dict):
         """Write the answer as it ended: the text it had, and how it ended."""
@@ -285,7 +294,7 @@ class History:
         else:
             finish_reason = "error"
             fields["error"] = {"code": payload["code"], "message": payload["message"]}
-        self.call(
+        self.change(
             self.store.finish_message,
             turn.owner,
             turn.conversation_id,
@@ -307,14 +316,32 @@ class Recorder(Stage):
     def starting(self, stream: Stream) -> None:
         turn = stream.request.turn
         if isinstance(turn, Turn):
-            # A failure here ends the request before anything goes upstream.
-            self.history.write_turn(turn, stream.id)
+            # Written while the upstream is asked: the first token never waits for
+            # the database. A write that fails shows when the answer ends.
+            turn.settled = settled = threading.Event()
+            self.history.socketio.start_background_task(
+                self._write, turn, stream.id, settled
+            )
+
+    def _write(self, turn: Turn, request_id: str, settled: threading.Event) -> None:
+        try:
+            self.history.write_turn(turn, request_id)
+        except ProtocolError:
+            pass  # logged by the store's call; reported at the end
+        except Exception:
+            log.exception("writing the turn of %s failed", request_id)
+        finally:
+            settled.set()
 
     def ending(self, stream: Stream, event: str, payload: dict[str, Any]) -> Event:
         turn = stream.request.turn
-        if not isinstance(turn, Turn) or not turn.written:
-            return event, payload
+        if not isinstance(turn, Turn) or turn.settled is None:
+            return event, payload  # refused before it began: nothing to keep
+        # Bounded: each of the store's waits ends within its timeout.
+        turn.settled.wait()
         try:
+            if not turn.written:
+                raise _unavailable(stream.id)
             self.history.write_answer(turn, stream, event, payload)
         except ProtocolError as exc:
             # The answer reached the client; that it is not kept must show.
@@ -328,6 +355,26 @@ class Recorder(Stage):
         payload["conversation_id"] = turn.conversation_id
         payload["answer_id"] = turn.answer_id
         return event, payload
+
+
+def _unavailable(request_id: str | None) -> ProtocolError:
+    return ProtocolError(
+        "history_unavailable",
+        "the conversation store is unavailable; retry shortly",
+        request_id,
+    )
+
+
+def _content(message: dict[str, Any]) -> str | list[dict[str, Any]]:
+    # A tool-calling turn's assistant message may have no text.
+    return message["content"] if message["content"] is not None else ""
+
+
+def _fields(message: dict[str, Any]) -> dict[str, Any]:
+    """What a client's message holds besides its role and content, as stored."""
+    return {
+        key: message[key] for key in ("tool_call_id", "tool_calls") if message.get(key)
+    }
 
 
 def _calls(message: Message) -> list[dict[str, Any]] | None:

@@ -226,6 +226,15 @@ TARGETS = {
         "env": MODERATED,
         "default": False,
     },
+    # Keeping no conversations (HISTORY=false): what the store costs, against
+    # relay-gevent. Not in the default run: name it.
+    "relay-gevent-no-history": {
+        "kind": "sio",
+        "server": "relay",
+        "async_mode": "gevent",
+        "env": {"HISTORY": "false"},
+        "default": False,
+    },
     "fastapi-sse": {"kind": "sse", "server": "uvicorn", "app": "fastapi_sse"},
     "flask-stream": {"kind": "sse", "server": "gthread", "app": "flask_stream"},
     "naive-sio": {"kind": "sio", "server": "eventlet", "app": "naive_socketio"},

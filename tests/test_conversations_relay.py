@@ -254,7 +254,8 @@ def test_a_store_that_fails_ends_the_chat_with_a_coded_error(postgres_relay, ups
     client = Recorder(relay.url, headers={"Cookie": f"chatstream_owner={value}"})
     try:
         prompt = f"[[tokens:40]] [[tps:20]] outage {fresh()}"
-        assert client.chat("p1", prompt)["ok"]
+        ack = client.chat("p1", prompt)
+        assert ack["ok"]
         client.wait(lambda c: len(c.chunks("p1")) >= 2)
         database.stop()
         # The answer still reaches the client whole; that it was not kept shows.
@@ -265,11 +266,22 @@ def test_a_store_that_fails_ends_the_chat_with_a_coded_error(postgres_relay, ups
             "history_unavailable",
             True,
         )
+        # Going on with it needs its history: refused before anything goes upstream.
         marker = f"while down {fresh()}"
-        assert client.chat("p2", marker)["ok"]
-        name, error = client.wait_end("p2", timeout=60)
-        assert (name, error["code"]) == ("error", "history_unavailable")
+        going_on = {"conversation_id": ack["conversation_id"]}
+        refused = client.chat("p2", marker, **going_on)
+        assert (refused["ok"], refused["error"]["code"]) == (
+            False,
+            "history_unavailable",
+        )
         assert client.chunks("p2") == []
         assert sent_messages(upstream, marker) == []
+        # A new chat needs none: it is answered all the same (the store is written
+        # beside the generation, never before it), and says it was not kept.
+        fresh_chat = f"new while down {fresh()}"
+        assert client.chat("p3", fresh_chat)["ok"]
+        name, error = client.wait_end("p3", timeout=60)
+        assert (name, error["code"]) == ("error", "history_unavailable")
+        assert client.text("p3") == upstream_text(fresh_chat)
     finally:
         client.close()

@@ -563,6 +563,39 @@ def test_an_answer_is_written_once(store):
     assert texts(store.get("alice", chat.id).messages) == ["Hi", "Hello!"]
 
 
+def test_a_turn_is_written_whole_and_once(store):
+    ids = [new_id(), new_id()]
+    chat_id = new_id()
+    turn = [
+        (ids[0], "user", "What is 2+2?", {}),
+        (ids[1], "user", "And 3+3?", {}),
+    ]
+    written = store.add_turn("alice", chat_id, None, turn, new=True, model="demo")
+    assert (written.id, written.title, written.model) == (
+        chat_id,
+        "What is 2+2?",
+        "demo",
+    )
+    assert written.current_leaf_id == ids[1]
+    assert store.summary("alice", chat_id) == written
+    # A retried turn writes nothing twice; a later one follows the leaf.
+    store.add_turn("alice", chat_id, None, turn)
+    tool = [(new_id(), "tool", "4", {"tool_call_id": "call_1"})]
+    later = store.add_turn("alice", chat_id, ids[1], tool)
+    messages = store.get("alice", chat_id).messages
+    assert [(m.parent_id, m.content) for m in messages] == [
+        (None, "What is 2+2?"),
+        (ids[0], "And 3+3?"),
+        (ids[1], "4"),
+    ]
+    assert messages[-1].tool_call_id == "call_1"
+    assert later.current_leaf_id == messages[-1].id
+    # Another owner's conversation is not found, and nothing is written to it.
+    with pytest.raises(NotFound):
+        store.add_turn("bob", chat_id, ids[1], [(new_id(), "user", "Hi", {})])
+    assert len(store.get("alice", chat_id).messages) == 3
+
+
 def test_invalid_input_names_the_field(store):
     chat = store.create_conversation("alice", "demo")
     other = store.create_conversation("alice", "demo")

@@ -65,11 +65,11 @@ def create_engine(url: str, timeout: float, pool_size: int) -> Engine:
     within a few ``timeout``s."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, timeout)
+        return _sqlite_engine(parsed, timeout, pool_size)
     return _postgresql_engine(parsed, timeout, pool_size)
 
 
-def _sqlite_engine(url: URL, timeout: float) -> Engine:
+def _sqlite_engine(url: URL, timeout: float, pool_size: int) -> Engine:
     path = Path(url.database or "")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +81,10 @@ def _sqlite_engine(url: URL, timeout: float) -> Engine:
         url,
         # sqlite3's busy timeout: how long a statement waits for another writer.
         connect_args={"timeout": timeout},
+        # A connection for each thread that calls at once: one opened past the pool
+        # is closed after its call, and a new one parses the schema again.
+        pool_size=pool_size,
+        max_overflow=pool_size,
         pool_timeout=timeout,
     )
 

@@ -48,6 +48,18 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 _LENGTHS = {"tool_call_id": 255, "finish_reason": 32, "model": 255}
 
+# The statements of every chat turn, built once: each call only binds its values
+# (building a statement costs SQLAlchemy more than SQLite takes to run it).
+_CONVERSATION = sa.select(conversations).where(
+    conversations.c.id == sa.bindparam("b_id"),
+    conversations.c.owner == sa.bindparam("b_owner"),
+)
+_MESSAGE = sa.select(messages_table).where(messages_table.c.id == sa.bindparam("b_id"))
+_PARENT = sa.select(messages_table.c.conversation_id).where(
+    messages_table.c.id == sa.bindparam("b_id")
+)
+_CHANGE = conversations.update().where(conversations.c.id == sa.bindparam("b_id"))
+
 
 def new_id() -> str:
     """A random, URL-safe id (22 characters) for a conversation or a message; the
@@ -62,9 +74,11 @@ def _now() -> datetime:
 class Store:
     """Conversations of many owners in one SQL database."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, timeout: float = 5.0):
         self.engine = engine
         self.dialect = engine.dialect.name
+        # How long any one wait may take (see ``open``).
+        self.timeout = timeout
 
     @classmethod
     def open(cls, url: str, *, timeout: float = 5.0, pool_size: int = 5) -> Store:
@@ -79,7 +93,7 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, timeout)
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -115,16 +129,7 @@ class Store:
         now = _now()
         conversation = Conversation(id or new_id(), owner, title, model, now, now)
         with self._write() as connection:
-            connection.execute(
-                conversations.insert().values(
-                    id=conversation.id,
-                    owner=owner,
-                    title=title,
-                    model=model,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+            self._create(connection, conversation)
         return conversation
 
     def summary(self, owner: str, conversation_id: str) -> Conversation:
@@ -318,23 +323,53 @@ class Store:
         message = replace(message, content=stored.content)
         with self._write() as connection:
             conversation = self._conversation(connection, owner, conversation_id)
-            if id is not None:
-                existing = self._existing(connection, conversation.id, id)
-                if existing is not None:
-                    return existing
-            self._insert(connection, owner, message, stored)
-            values: dict[str, Any] = {
-                "updated_at": message.created_at,
-                "current_leaf_id": message.id,
-            }
-            if conversation.title is None and role == "user":
-                values["title"] = contents.title_from(stored.text)
-            connection.execute(
-                conversations.update()
-                .where(conversations.c.id == conversation.id)
-                .values(**values)
+            added, _ = self._add(
+                connection, conversation, message, stored, id is not None
             )
-        return message
+        return added
+
+    def add_turn(
+        self,
+        owner: str,
+        conversation_id: str,
+        parent_id: str | None,
+        turn: list[tuple[str, str, str | list[dict[str, Any]], dict[str, Any]]],
+        *,
+        new: bool = False,
+        model: str | None = None,
+    ) -> Conversation:
+        """Write a chat's new messages in one transaction, each under the one before
+        it (the first under ``parent_id``), creating the conversation first when
+        ``new`` (with ``model``): the conversation as it is then. ``turn``: each
+        message's ``(id, role, content, fields)``, the ids taken beforehand; a
+        message already written is left as it is, so a retried write writes once."""
+        _check_owner(owner)
+        _check_id(conversation_id, "conversation_id")
+        model = _optional(model, "model", str)
+        parent = parent_id
+        checked = []
+        for message_id, role, content, fields in turn:
+            _check_id(message_id, "id")
+            message = _new_message(
+                conversation_id, parent, role, content, message_id, fields
+            )
+            stored = contents.prepare(message.content)
+            checked.append((replace(message, content=stored.content), stored))
+            parent = message_id
+        with self._write() as connection:
+            if new:
+                now = _now()
+                conversation = Conversation(
+                    conversation_id, owner, None, model, now, now
+                )
+                self._create(connection, conversation)
+            else:
+                conversation = self._conversation(connection, owner, conversation_id)
+            for message, stored in checked:
+                _, conversation = self._add(
+                    connection, conversation, message, stored, True
+                )
+        return conversation
 
     def finish_message(
         self,
@@ -449,20 +484,55 @@ class Store:
         _check_owner(owner)
         _check_id(conversation_id, "conversation_id")
         row = connection.execute(
-            sa.select(conversations).where(
-                conversations.c.id == conversation_id, conversations.c.owner == owner
-            )
+            _CONVERSATION, {"b_id": conversation_id, "b_owner": owner}
         ).first()
         if row is None:
             raise NotFound("no such conversation")
         return _conversation(row)
 
+    def _create(self, connection: sa.Connection, conversation: Conversation) -> None:
+        connection.execute(
+            conversations.insert(),
+            {
+                "id": conversation.id,
+                "owner": conversation.owner,
+                "title": conversation.title,
+                "model": conversation.model,
+                "created_at": conversation.created_at,
+                "updated_at": conversation.updated_at,
+            },
+        )
+
+    def _add(
+        self,
+        connection: sa.Connection,
+        conversation: Conversation,
+        message: Message,
+        stored: contents.Stored,
+        retried: bool,
+    ) -> tuple[Message, Conversation]:
+        """Add ``message`` to ``conversation`` and make it the current leaf (the
+        first user message titles an untitled conversation): the message and the
+        conversation as they are then. ``retried``: a message of its id already
+        here is returned as it is."""
+        if retried:
+            existing = self._existing(connection, conversation.id, message.id)
+            if existing is not None:
+                return existing, conversation
+        self._insert(connection, conversation.owner, message, stored)
+        values: dict[str, Any] = {
+            "updated_at": message.created_at,
+            "current_leaf_id": message.id,
+        }
+        if conversation.title is None and message.role == "user":
+            values["title"] = contents.title_from(stored.text)
+        connection.execute(_CHANGE, {"b_id": conversation.id, **values})
+        return message, replace(conversation, **values)
+
     def _existing(
         self, connection: sa.Connection, conversation_id: str, message_id: str
     ) -> Message | None:
-        row = connection.execute(
-            sa.select(messages_table).where(messages_table.c.id == message_id)
-        ).first()
+        row = connection.execute(_MESSAGE, {"b_id": message_id}).first()
         if row is None:
             return None
         if row.conversation_id != conversation_id:
@@ -478,9 +548,7 @@ class Store:
     ) -> None:
         m = messages_table
         if message.parent_id is not None:
-            parent = connection.execute(
-                sa.select(m.c.conversation_id).where(m.c.id == message.parent_id)
-            ).first()
+            parent = connection.execute(_PARENT, {"b_id": message.parent_id}).first()
             if parent is None or parent.conversation_id != message.conversation_id:
                 raise InvalidInput("parent_id: not a message of this conversation")
         if stored.refs:
@@ -511,16 +579,17 @@ class Store:
             insert = (postgresql if self.dialect == "postgresql" else sqlite).insert
             connection.execute(insert(blobs).on_conflict_do_nothing(), rows)
         connection.execute(
-            m.insert().values(
-                id=message.id,
-                conversation_id=message.conversation_id,
-                parent_id=message.parent_id,
-                role=message.role,
-                text=stored.text,
-                parts=stored.parts,
-                created_at=message.created_at,
+            m.insert(),
+            {
+                "id": message.id,
+                "conversation_id": message.conversation_id,
+                "parent_id": message.parent_id,
+                "role": message.role,
+                "text": stored.text,
+                "parts": stored.parts,
+                "created_at": message.created_at,
                 **{key: getattr(message, key) for key in FIELDS},
-            )
+            },
         )
         shown = contents.referenced(stored.parts)
         if shown:
