@@ -3,7 +3,6 @@
 disconnect, OpenAI-shaped errors, and one set of limits shared with Socket.IO."""
 
 import asyncio
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,7 +11,7 @@ import openai
 import pytest
 import requests
 
-from .clients import sse_events
+from .clients import metric, sse_events
 from .conftest import (
     DEFAULT_ASYNC_MODE,
     Recorder,
@@ -79,14 +78,6 @@ def answer_text(events: list[dict[str, Any]], field: str = "content") -> str:
         for event in events
         if event["data"] != "[DONE]" and event["data"].get("choices")
     )
-
-
-def metric(relay: Relay, line_start: str) -> float:
-    with urllib.request.urlopen(relay.url + "/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(line_start):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 # -- the openai package --------------------------------------------------------------
@@ -316,7 +307,7 @@ def test_http_and_socketio_clients_at_once_each_get_their_own_text(relay, connec
         assert client.wait_end(f"m{n}")[0] == "done"
         assert client.text(f"m{n}") == upstream_text(prompts[n], 15)
         assert {data["id"] for _, data in client.events} == {f"m{n}"}
-    assert metric(relay, 'chat_requests_total{transport="http"}') >= 3
+    assert metric(relay, "chat_requests_total", 'transport="http"') >= 3
 
 
 # -- errors ----------------------------------------------------------------------------

@@ -7,7 +7,6 @@ receives it, errors naming the field, and the Vercel AI SDK's default provider."
 import json
 import os
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ import openai
 import pytest
 import requests
 
-from .clients import sse_events
+from .clients import metric, sse_events
 from .conftest import (
     ROOT,
     SYSTEM_PROMPT,
@@ -70,14 +69,6 @@ def start_and_cut(url: str, prompt: str, events: int) -> list[dict[str, Any]]:
     return held
 
 
-def metric(relay: Relay, line_start: str) -> float:
-    with urllib.request.urlopen(relay.url + "/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(line_start):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 # -- streamed and whole --------------------------------------------------------------
 
 
@@ -117,7 +108,7 @@ def test_a_streamed_response_is_openais_events_with_the_exact_text(relay):
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
     assert usage.input_tokens_details.cached_tokens == 0
     assert usage.output_tokens_details.reasoning_tokens == 0
-    assert metric(relay, 'chat_requests_total{transport="responses"}') >= 1
+    assert metric(relay, "chat_requests_total", 'transport="responses"') >= 1
 
 
 def test_without_stream_the_same_text_comes_whole(relay):

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEFAULT_ASYNC_MODE, ROOT, ServerProcess, free_port
+from tests.conftest import (
+    DEFAULT_ASYNC_MODE,
+    ROOT,
+    Relay,
+    ServerProcess,
+    free_port,
+    relay_env,
+)
 
 # Debian's chromium package (scripts/install_packages.sh); Playwright downloads nothing.
 CHROMIUM = "/usr/bin/chromium"
@@ -67,6 +74,25 @@ def web_url(web_dist, tmp_session) -> Iterator[str]:
             "HANDSHAKES_PER_MINUTE": "10000",
         },
     )
+
+
+@pytest.fixture(scope="module")
+def relay_url(web_dist, tmp_session, upstream) -> Iterator[str]:
+    """A module's own relay in front of the test server, serving the page, with the
+    default message size (room for the page's images); a stalled upstream and a
+    reload get all the time they need."""
+    relay = Relay(
+        tmp_session,
+        DEFAULT_ASYNC_MODE,
+        relay_env(
+            upstream,
+            WEB_DIST_DIR=str(web_dist),
+            UPSTREAM_READ_TIMEOUT="60",
+            RESUME_GRACE_SECONDS="30",
+        ),
+    )
+    yield relay.url
+    relay.process.stop()
 
 
 @pytest.fixture(scope="session")

@@ -7,35 +7,16 @@ import json
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from itertools import cycle
 from urllib.parse import quote
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.conftest import DEFAULT_ASYNC_MODE, SYSTEM_PROMPT, Relay, relay_env
+from tests.conftest import SYSTEM_PROMPT
 from tests.openai_server import build_reply
 
 from .pages import ask, wait_connected, wait_done
-
-
-@pytest.fixture(scope="module")
-def relay_url(web_dist, tmp_session, upstream) -> Iterator[str]:
-    """The relay in front of the test server, serving the page; its conversations in
-    an SQLite file of its own; a reload gets all the time it needs to resume."""
-    relay = Relay(
-        tmp_session,
-        DEFAULT_ASYNC_MODE,
-        relay_env(
-            upstream,
-            WEB_DIST_DIR=str(web_dist),
-            UPSTREAM_READ_TIMEOUT="60",
-            RESUME_GRACE_SECONDS="30",
-        ),
-    )
-    yield relay.url
-    relay.process.stop()
 
 
 def reply(*turns: str, tokens: int, seed: int | None = None) -> str:

@@ -3,7 +3,6 @@ real servers: the demo reasoning model, and the relay in front of the test serve
 
 import base64
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,9 +10,6 @@ from playwright.sync_api import Locator, Page, expect
 
 from app.providers.demo import compose, compose_reasoning
 from tests.conftest import (
-    DEFAULT_ASYNC_MODE,
-    Relay,
-    relay_env,
     upstream_reasoning,
     upstream_text,
 )
@@ -24,24 +20,6 @@ from .pages import ask, wait_connected, wait_done
 TRANSCRIPT = "chatstream.transcript.v1"
 THINKING = re.compile(r"^Thinking… \d+ s$")
 THOUGHT = re.compile(r"^Thought for \d+ s$")
-
-
-@pytest.fixture(scope="module")
-def relay_url(web_dist, tmp_session, upstream) -> Iterator[str]:
-    """The relay in front of the test server, serving the page; a stalled upstream
-    and a reload get all the time they need."""
-    relay = Relay(
-        tmp_session,
-        DEFAULT_ASYNC_MODE,
-        relay_env(
-            upstream,
-            WEB_DIST_DIR=str(web_dist),
-            UPSTREAM_READ_TIMEOUT="60",
-            RESUME_GRACE_SECONDS="30",
-        ),
-    )
-    yield relay.url
-    relay.process.stop()
 
 
 def reply(markdown: str) -> str:

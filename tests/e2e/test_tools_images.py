@@ -7,20 +7,15 @@ import re
 import struct
 import uuid
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import pytest
 from playwright.sync_api import Page, expect
 
 from tests.conftest import (
-    DEFAULT_ASYNC_MODE,
     SYSTEM_PROMPT,
-    Relay,
     Upstream,
-    relay_env,
     wait_until,
 )
 from tests.openai_server.tools import build_tool_calls
@@ -70,24 +65,6 @@ DROP = f"""(form, file) => {{ {_FILES}
     );
   }}
 }}"""
-
-
-@pytest.fixture(scope="module")
-def relay_url(web_dist, tmp_session, upstream) -> Iterator[str]:
-    """The relay in front of the test server, serving the page, with the default
-    message size (room for the page's 4 MB of images in one request)."""
-    relay = Relay(
-        tmp_session,
-        DEFAULT_ASYNC_MODE,
-        relay_env(
-            upstream,
-            WEB_DIST_DIR=str(web_dist),
-            UPSTREAM_READ_TIMEOUT="60",
-            RESUME_GRACE_SECONDS="30",
-        ),
-    )
-    yield relay.url
-    relay.process.stop()
 
 
 def gradient(fraction: float) -> tuple[int, int, int]:
