@@ -73,6 +73,8 @@ class Turn:
     written: bool = field(default=False)
     # Set when their write has ended, written or not (None: never begun).
     settled: threading.Event | None = field(default=None)
+    # Why they were not written, when the store said (reported at the end).
+    failure: ProtocolError | None = field(default=None)
 
     @property
     def answer_parent(self) -> str | None:
@@ -326,8 +328,8 @@ class Recorder(Stage):
     def _write(self, turn: Turn, request_id: str, settled: threading.Event) -> None:
         try:
             self.history.write_turn(turn, request_id)
-        except ProtocolError:
-            pass  # logged by the store's call; reported at the end
+        except ProtocolError as exc:
+            turn.failure = exc  # reported when the answer ends
         except Exception:
             log.exception("writing the turn of %s failed", request_id)
         finally:
@@ -341,15 +343,14 @@ class Recorder(Stage):
         turn.settled.wait()
         try:
             if not turn.written:
-                raise _unavailable(stream.id)
+                raise turn.failure or _unavailable(stream.id)
             self.history.write_answer(turn, stream, event, payload)
         except ProtocolError as exc:
             # The answer reached the client; that it is not kept must show.
             event = "error"
             payload = ProtocolError(
                 exc.code,
-                "the answer was sent but could not be saved; the conversation store "
-                "is unavailable",
+                f"the answer was sent but could not be saved: {exc.message}",
                 stream.id,
             ).payload()
         payload["conversation_id"] = turn.conversation_id
